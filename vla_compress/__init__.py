@@ -1,0 +1,11 @@
+"""vla-compress: prune, recover and quantize vision-language-action policies such as OpenVLA."""
+
+from .modeling import (
+    ActionTokenizer, OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAProcessor, component_sizes, load_vla,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "component_sizes",
+    "load_vla",
+]

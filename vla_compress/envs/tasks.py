@@ -1,0 +1,55 @@
+"""Task names, colours, instructions and the fixed IND / OOD split of the ManiSkill suite."""
+
+from __future__ import annotations
+
+COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.10, 0.10, 1.0),
+    "green": (0.10, 0.65, 0.15, 1.0),
+    "blue": (0.10, 0.25, 0.90, 1.0),
+    "yellow": (0.95, 0.85, 0.10, 1.0),
+    "purple": (0.55, 0.15, 0.75, 1.0),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+
+
+def task_name(cube: str, plate: str) -> str:
+    """The task id for putting the `cube`-coloured cube on the `plate`-coloured plate."""
+    return f"{cube}_cube_on_{plate}_plate"
+
+
+ALL_TASKS: tuple[str, ...] = tuple(task_name(c, p) for c in COLOUR_NAMES for p in COLOUR_NAMES)
+
+# 9 held-out (cube, plate) combinations; every colour still appears in IND as cube and as plate colour.
+_OOD_PAIRS = (
+    ("red", "green"), ("green", "blue"), ("blue", "yellow"), ("yellow", "purple"), ("purple", "red"),
+    ("red", "yellow"), ("green", "purple"), ("blue", "red"), ("yellow", "green"),
+)
+TASKS_OOD: tuple[str, ...] = tuple(task_name(c, p) for c, p in _OOD_PAIRS)
+TASKS_IND: tuple[str, ...] = tuple(t for t in ALL_TASKS if t not in TASKS_OOD)
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    """(cube colour, plate colour) of a task id; ValueError for an unknown task."""
+    if task not in ALL_TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(ALL_TASKS)}")
+    cube, rest = task.split("_cube_on_")
+    return cube, rest.removesuffix("_plate")
+
+
+def instruction(task: str) -> str:
+    """The language instruction of a task, e.g. 'put the red cube on the blue plate'."""
+    cube, plate = parse_task(task)
+    return f"put the {cube} cube on the {plate} plate"
+
+
+def resolve_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand 'ind' / 'ood' / 'all', a single task id, or a list of task ids, validating each."""
+    groups = {"ind": TASKS_IND, "ood": TASKS_OOD, "all": ALL_TASKS}
+    if isinstance(tasks, str):
+        tasks = list(groups.get(tasks.lower(), [tasks]))
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("tasks must not be empty; use 'ind', 'ood', 'all' or a list of task ids")
+    for task in tasks:
+        parse_task(task)
+    return tasks

@@ -1,0 +1,307 @@
+"""`OpenVLAForActionPrediction`: the OpenVLA architecture, loading openvla-7b's keys as they are.
+
+Module names follow the public checkpoint: `vision_backbone.featurizer` (+ `fused_featurizer`),
+`projector.fc1/fc2/fc3`, `language_model` (a Hugging Face causal LM). Unlike upstream it needs no
+`trust_remote_code`, decodes batches (mid-padding + KV cache), computes logits only for the
+action-token rows when decoding, and exposes the per-token log-probs and critic features PPO needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerScale
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .action_tokenizer import unnormalize_actions
+from .config import OpenVLAConfig
+from .widths import current_layer_widths, resize_decoder_layers
+
+ACTION_DIM = 7
+
+
+class ScaleFactorLayerScale(nn.Module):
+    """timm's LayerScale with its parameter named `scale_factor`, as in OpenVLA checkpoints.
+
+    OpenVLA renamed `gamma` because old transformers rewrote `gamma` keys to `weight` on load.
+    """
+
+    def __init__(self, gamma: torch.Tensor) -> None:
+        super().__init__()
+        self.scale_factor = nn.Parameter(gamma.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale_factor
+
+
+def _rename_layer_scale(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, LayerScale):
+            setattr(module, name, ScaleFactorLayerScale(child.gamma))
+        else:
+            _rename_layer_scale(child)
+
+
+def build_featurizer(model_id: str, image_size: int, act_layer: str | None, kwargs: dict) -> nn.Module:
+    """A timm ViT that returns the patch tokens of its second-to-last block (OpenVLA's features)."""
+    extra = dict(kwargs)
+    if act_layer is not None:
+        extra["act_layer"] = act_layer
+    vit = timm.create_model(model_id, pretrained=False, num_classes=0, img_size=image_size, **extra)
+    _rename_layer_scale(vit)
+    vit.forward = partial(_second_to_last_patch_tokens, vit)
+    return vit
+
+
+def _second_to_last_patch_tokens(vit: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    (features,) = vit.get_intermediate_layers(pixel_values, n={len(vit.blocks) - 2})
+    return features
+
+
+class OpenVLAVisionBackbone(nn.Module):
+    """One timm ViT, or two fused on the channel axis of `pixel_values` (DINOv2 + SigLIP)."""
+
+    def __init__(self, config: OpenVLAConfig) -> None:
+        super().__init__()
+        specs = list(zip(config.timm_model_ids, config.image_sizes, config.timm_override_act_layers,
+                         config.timm_kwargs))
+        self.use_fused_vision_backbone = config.use_fused_vision_backbone
+        self.featurizer = build_featurizer(*specs[0])
+        self.embed_dim = self.featurizer.embed_dim
+        if self.use_fused_vision_backbone:
+            self.fused_featurizer = build_featurizer(*specs[1])
+            self.embed_dim += self.fused_featurizer.embed_dim
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not self.use_fused_vision_backbone:
+            return self.featurizer(pixel_values)
+        image, image_fused = torch.split(pixel_values, [3, 3], dim=1)
+        return torch.cat([self.featurizer(image), self.fused_featurizer(image_fused)], dim=2)
+
+
+class OpenVLAProjector(nn.Module):
+    """GELU MLP from vision features to the LM width (`fc1/fc2/fc3` when fused, `fc1/fc2` otherwise)."""
+
+    def __init__(self, use_fused_vision_backbone: bool, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        self.use_fused_vision_backbone = use_fused_vision_backbone
+        if use_fused_vision_backbone:
+            self.fc1 = nn.Linear(vision_dim, 4 * vision_dim, bias=True)
+            self.fc2 = nn.Linear(4 * vision_dim, llm_dim, bias=True)
+            self.fc3 = nn.Linear(llm_dim, llm_dim, bias=True)
+            self.act_fn1, self.act_fn2 = nn.GELU(), nn.GELU()
+        else:
+            self.fc1 = nn.Linear(vision_dim, llm_dim, bias=True)
+            self.fc2 = nn.Linear(llm_dim, llm_dim, bias=True)
+            self.act_fn1 = nn.GELU()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.act_fn1(self.fc1(features))
+        if not self.use_fused_vision_backbone:
+            return self.fc2(x)
+        return self.fc3(self.act_fn2(self.fc2(x)))
+
+
+@dataclass
+class ActionOutput:
+    """Action-token outputs of a batch whose sequences end with `ACTION_DIM` action tokens."""
+
+    action_logits: torch.Tensor  # [B, 7, n_bins]: logits over the action vocabulary only
+    critic_features: torch.Tensor  # [B, hidden]: last-layer state at the position predicting action 1
+    vocab_logits: torch.Tensor | None = None  # [B, 7, vocab]: full-vocabulary logits (for SFT's loss)
+
+
+class OpenVLAPreTrainedModel(PreTrainedModel):
+    config_class = OpenVLAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["OpenVLAProjector"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.text_config.initializer_range
+        if isinstance(module, nn.Linear) and module.weight.device.type != "meta":
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module.weight.device.type != "meta":
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
+    """Vision backbone(s) + projector + causal LM that emits 7 action tokens per image."""
+
+    def __init__(self, config: OpenVLAConfig) -> None:
+        super().__init__(config)
+        self.vision_backbone = OpenVLAVisionBackbone(config)
+        self.projector = OpenVLAProjector(
+            config.use_fused_vision_backbone, self.vision_backbone.embed_dim, config.text_config.hidden_size
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        resize_decoder_layers(self.language_model, config.llm_layer_widths)
+        self.processor = None  # an OpenVLAProcessor, attached by load_vla / from_pretrained
+        self.post_init()
+
+    # ---- embeddings ----------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def _multimodal_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Insert projected patches after BOS; positions follow the attention mask."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        dtype = self.projector.fc1.weight.dtype
+        patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
+        text = self.get_input_embeddings()(input_ids)
+        embeds = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)
+        patch_mask = attention_mask.new_ones(patches.shape[:2])
+        mask = torch.cat([attention_mask[:, :1], patch_mask, attention_mask[:, 1:]], dim=1)
+        position_ids = (mask.cumsum(dim=1) - 1).clamp_(min=0)
+        return embeds, mask, position_ids
+
+    # ---- training forward ------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """Upstream-compatible forward: full logits; `labels` (-100 = ignore) give the next-token loss."""
+        embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
+        loss = None
+        if labels is not None:
+            n_patches = embeds.shape[1] - input_ids.shape[1]
+            ignore = labels.new_full((labels.shape[0], n_patches), -100)
+            full_labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
+            loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), full_labels[:, 1:].flatten())
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits)
+
+    def action_forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None, full_vocab: bool = False) -> ActionOutput:
+        """Outputs at the 7 positions that predict the trailing action tokens of `input_ids`."""
+        embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
+        hidden = self.language_model.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        predicting = hidden[:, -ACTION_DIM - 1:-1]
+        vocab_logits = self.language_model.lm_head(predicting) if full_vocab else None
+        return ActionOutput(self._action_logits(predicting), hidden[:, -ACTION_DIM - 1], vocab_logits)
+
+    def action_loss(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the 7 trailing action tokens over the full vocabulary (OpenVLA's SFT loss)."""
+        out = self.action_forward(pixel_values, input_ids, attention_mask, full_vocab=True)
+        targets = input_ids[:, -ACTION_DIM:]
+        return F.cross_entropy(out.vocab_logits.flatten(0, 1).float(), targets.flatten())
+
+    # ---- action vocabulary -----------------------------------------------------------------------------
+    @property
+    def action_token_ids(self) -> range:
+        return self.config.action_token_ids
+
+    def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the action-token rows of the output head only."""
+        ids = self.action_token_ids
+        head = self.language_model.lm_head
+        if type(head) is nn.Linear:
+            bias = head.bias[ids.start:ids.stop] if head.bias is not None else None
+            return F.linear(hidden, head.weight[ids.start:ids.stop], bias)
+        return head(hidden)[..., ids.start:ids.stop]  # quantized heads: compute all rows, then slice
+
+    def action_token_log_probs(self, action_logits: torch.Tensor, action_indices: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample log-prob (sum over 7 tokens) and entropy (mean over 7) in the action vocabulary."""
+        log_probs = torch.log_softmax(action_logits.float() / temperature, dim=-1)
+        chosen = log_probs.gather(-1, action_indices.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return chosen.sum(-1), entropy.mean(-1)
+
+    # ---- decoding --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_action_indices(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                                attention_mask: torch.Tensor | None = None, temperature: float = 0.0,
+                                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Decode 7 action tokens for a mid-padded batch with a KV cache.
+
+        Returns `action_indices [B, 7]` (index into the action vocabulary), their `log_probs [B]` under
+        the sampling temperature (1.0 when greedy), and `critic_features [B, hidden]`.
+        """
+        embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
+        backbone, first = self.language_model.model, self.action_token_ids.start
+        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        critic_features = out.last_hidden_state[:, -1]
+        indices, logits_seen = [], []
+        for step in range(ACTION_DIM):
+            logits = self._action_logits(out.last_hidden_state[:, -1]).float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                index = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                index = logits.argmax(dim=-1)
+            indices.append(index)
+            logits_seen.append(logits)
+            if step == ACTION_DIM - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            out = backbone(inputs_embeds=self.get_input_embeddings()(index + first).unsqueeze(1),
+                           attention_mask=mask, position_ids=position_ids, cache=out.cache, use_cache=True)
+        action_indices = torch.stack(indices, dim=1)
+        log_probs, _ = self.action_token_log_probs(
+            torch.stack(logits_seen, dim=1), action_indices, temperature if temperature > 0 else 1.0
+        )
+        return {"action_indices": action_indices, "log_probs": log_probs, "critic_features": critic_features}
+
+    def action_indices_to_token_ids(self, action_indices: torch.Tensor) -> torch.Tensor:
+        return action_indices + self.action_token_ids.start
+
+    def decode_actions(self, action_indices: torch.Tensor | np.ndarray, unnorm_key: str | None = None,
+                       normalized: bool = False) -> np.ndarray:
+        """Action-vocabulary indices `[B, 7]` -> actions `[B, 7]` (un-normalised unless `normalized`)."""
+        token_ids = self.action_indices_to_token_ids(torch.as_tensor(action_indices)).cpu().numpy()
+        actions = self._processor().action_tokenizer.decode(token_ids)
+        return actions if normalized else unnormalize_actions(actions, self.config.norm_stats, unnorm_key)
+
+    def _processor(self):
+        if self.processor is None:
+            raise RuntimeError("this model has no processor: load it with vla_compress.load_vla(...)")
+        return self.processor
+
+    def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str],
+                       unnorm_key: str | None = None, temperature: float = 0.0,
+                       generator: torch.Generator | None = None) -> np.ndarray:
+        """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if self.config.norm_stats:  # fail before any compute
+            unnormalize_actions(np.zeros(ACTION_DIM, np.float32), self.config.norm_stats, unnorm_key)
+        batch = self._processor()(images, instructions)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator)
+        return self.decode_actions(decoded["action_indices"], unnorm_key, normalized=not self.config.norm_stats)
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """Write config (with per-layer widths), safetensors weights and the processor files."""
+        self.config.llm_layer_widths = self.recorded_layer_widths()
+        super().save_pretrained(save_directory, **kwargs)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
+
+    def recorded_layer_widths(self) -> list[dict] | None:
+        """Per-layer widths to record in the config; `None` while every layer has the dense width."""
+        widths = current_layer_widths(self.language_model)
+        tc = self.config.text_config
+        dense = {"num_attention_heads": tc.num_attention_heads, "num_key_value_heads": tc.num_key_value_heads,
+                 "intermediate_size": tc.intermediate_size}
+        return None if all(w == dense for w in widths) else widths

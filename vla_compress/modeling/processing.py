@@ -1,0 +1,154 @@
+"""`OpenVLAProcessor`: images -> `pixel_values`, instructions (+ actions) -> token ids.
+
+Batches use a "mid-padded" layout: `[BOS, PAD.., prompt.., ▁, (actions)]`. After the image
+patches are inserted right after BOS (as OpenVLA does) every row ends at the same column, so
+batched greedy decoding appends to the right with a KV cache, and a batch gives the same
+actions as its samples one at a time (positions come from the attention mask, not the column).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .action_tokenizer import ActionTokenizer
+from .config import OpenVLAConfig
+from .text_tokenizer import SPACE_TOKEN
+
+PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def prompt_for(instruction: str) -> str:
+    """OpenVLA's prompt for one instruction."""
+    return PROMPT_TEMPLATE.format(instruction=instruction.lower())
+
+
+def _as_image_batch(images: np.ndarray | torch.Tensor | Sequence) -> torch.Tensor:
+    """Accept uint8 `[B, H, W, 3]` (numpy / torch), or a list of `[H, W, 3]` arrays or PIL images."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images is empty; expected a batch of RGB images [B, H, W, 3]")
+        images = np.stack([np.asarray(image) for image in images])
+    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if tensor.ndim == 3:
+        raise ValueError(f"images has shape {tuple(tensor.shape)}; expected a batch [B, H, W, 3]: add a batch axis")
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"images has shape {tuple(tensor.shape)}; expected [B, H, W, 3] RGB (channels last)")
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"images has dtype {tensor.dtype}; expected uint8 in [0, 255]")
+    return tensor
+
+
+class OpenVLAProcessor:
+    """Image transforms for one or two vision backbones, the prompt, and action tokens."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_sizes: Sequence[int],
+                 means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
+                 image_resize_strategy: str = "resize-naive", n_action_bins: int = 256,
+                 action_vocab_end: int | None = None) -> None:
+        if len(set(image_sizes)) != 1:
+            raise ValueError(f"fused backbones must share one image size, got {list(image_sizes)}")
+        self.tokenizer = tokenizer
+        self.image_sizes, self.means, self.stds = list(image_sizes), [list(m) for m in means], [list(s) for s in stds]
+        self.image_resize_strategy = image_resize_strategy
+        self.space_token_id = tokenizer.convert_tokens_to_ids(SPACE_TOKEN)
+        vocab_end = action_vocab_end if action_vocab_end is not None else tokenizer.vocab_size
+        self.action_tokenizer = ActionTokenizer(vocab_end=vocab_end, n_bins=n_action_bins)
+
+    @classmethod
+    def from_config(cls, config: OpenVLAConfig, tokenizer: PreTrainedTokenizerBase) -> OpenVLAProcessor:
+        """Derive the image normalisation of each backbone from timm's pretrained config."""
+        cfgs = [timm.get_pretrained_cfg(model_id) for model_id in config.timm_model_ids]
+        return cls(tokenizer, config.image_sizes, [c.mean for c in cfgs], [c.std for c in cfgs],
+                   config.image_resize_strategy, config.n_action_bins, config.action_vocab_end)
+
+    # ---- images ---------------------------------------------------------------------------------------
+    def pixel_values(self, images: np.ndarray | torch.Tensor | Sequence) -> torch.Tensor:
+        """uint8 RGB `[B, H, W, 3]` -> float `[B, 3 * n_backbones, S, S]`, normalised per backbone."""
+        batch = _as_image_batch(images).permute(0, 3, 1, 2).float().div_(255.0)
+        size = self.image_sizes[0]
+        if tuple(batch.shape[-2:]) != (size, size):
+            batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            batch = batch.clamp_(0.0, 1.0)
+        normalised = [
+            (batch - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+            for m, s in zip(self.means, self.stds)
+        ]
+        return torch.cat(normalised, dim=1)
+
+    # ---- text -----------------------------------------------------------------------------------------
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """`[BOS, prompt.., ▁]` for one instruction."""
+        ids = self.tokenizer(prompt_for(instruction), add_special_tokens=True).input_ids
+        return ids if ids[-1] == self.space_token_id else ids + [self.space_token_id]
+
+    def tokenize(self, instructions: Sequence[str], actions: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Mid-padded `input_ids` and `attention_mask`; normalised `actions [B, D]` are appended as tokens."""
+        if isinstance(instructions, str) or not all(isinstance(i, str) for i in instructions):
+            raise ValueError("instructions must be a list of strings, one per image")
+        rows = [self.prompt_ids(instruction) for instruction in instructions]
+        if actions is not None:
+            action_ids = self.action_tokenizer.encode(np.asarray(actions)).tolist()
+            if len(action_ids) != len(rows):
+                raise ValueError(f"actions has {len(action_ids)} rows for {len(rows)} instructions")
+            rows = [row + ids for row, ids in zip(rows, action_ids)]
+        length = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):  # [BOS, PAD.., rest]: BOS stays in column 0
+            input_ids[i, 0], attention_mask[i, 0] = row[0], 1
+            input_ids[i, length - len(row) + 1:] = torch.tensor(row[1:])
+            attention_mask[i, length - len(row) + 1:] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def __call__(self, images, instructions: Sequence[str], actions: np.ndarray | None = None) -> dict:
+        """Everything the model's forward needs for a batch."""
+        pixel_values = self.pixel_values(images)
+        if len(instructions) != pixel_values.shape[0]:
+            raise ValueError(
+                f"instructions has {len(instructions)} entries but images has {pixel_values.shape[0]}; "
+                "pass one instruction per image"
+            )
+        return {"pixel_values": pixel_values, **self.tokenize(instructions, actions)}
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        config = {
+            "processor_class": "OpenVLAProcessor",
+            "image_processor_type": "PrismaticImageProcessor",
+            "image_resize_strategy": self.image_resize_strategy,
+            "input_sizes": [[3, s, s] for s in self.image_sizes],
+            "means": self.means,
+            "stds": self.stds,
+            "n_action_bins": self.action_tokenizer.n_bins,
+            "action_vocab_end": self.action_tokenizer.vocab_end,
+        }
+        (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, config: OpenVLAConfig) -> OpenVLAProcessor:
+        """Load the tokenizer from `directory`; image settings from its preprocessor config or `config`."""
+        directory = Path(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = "<PAD>"
+        path = directory / PREPROCESSOR_FILE
+        if not path.exists():
+            return cls.from_config(config, tokenizer)
+        saved = json.loads(path.read_text())
+        sizes = [shape[-1] for shape in saved["input_sizes"]]
+        return cls(tokenizer, sizes, saved["means"], saved["stds"], saved.get("image_resize_strategy", "resize-naive"),
+                   config.n_action_bins, config.action_vocab_end)
