@@ -3,9 +3,10 @@
 from .modeling import (
     ActionTokenizer, OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAProcessor, component_sizes, load_vla,
 )
+from .pruning import PruneReport, prune
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "component_sizes",
-    "load_vla",
+    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PruneReport",
+    "component_sizes", "load_vla", "prune",
 ]

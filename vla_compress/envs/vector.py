@@ -47,7 +47,8 @@ class PolicyObservation(gym.ObservationWrapper):
         import torch
 
         image = observation["sensor_data"]["base_camera"]["rgb"][..., :3]
-        proprio = torch.cat([observation["extra"]["tcp_pose"], observation["agent"]["qpos"][..., -2:]], dim=-1)
+        fingers = observation["agent"]["qpos"][..., -2:]
+        proprio = torch.cat([observation["extra"]["tcp_pose"], fingers], dim=-1)
         return {"image": image, "proprio": proprio.float()}
 
 
@@ -174,7 +175,8 @@ def make_env(
         from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
         env = PolicyObservation(_gym_make(tasks, image_size, max_episode_steps, sim_backend, num_envs))
-        envs = BatchedTaskInfo(ManiSkillVectorEnv(env, num_envs, ignore_terminations=True, record_metrics=True))
+        envs = ManiSkillVectorEnv(env, num_envs, ignore_terminations=True, record_metrics=True)
+        envs = BatchedTaskInfo(envs)
         if seed is not None:
             envs.reset(seed=seed)
         return envs

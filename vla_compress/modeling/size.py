@@ -64,7 +64,21 @@ def module_size(module: nn.Module) -> ComponentSize:
         if id(buffer) not in seen and buffer is not None:
             seen.add(id(buffer))
             size += ComponentSize(0, tensor_nbytes(buffer))
+    for scb in _moved_int8_scales(module):
+        if id(scb) not in seen:
+            seen.add(id(scb))
+            size += ComponentSize(0, tensor_nbytes(scb))
     return size
+
+
+def _moved_int8_scales(module: nn.Module) -> list[torch.Tensor]:
+    """Row scales that bitsandbytes' Linear8bitLt moves from `weight.SCB` to `state.SCB` on first forward."""
+    scales = []
+    for sub in module.modules():
+        scb = getattr(getattr(sub, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor) and getattr(getattr(sub, "weight", None), "SCB", None) is None:
+            scales.append(scb)
+    return scales
 
 
 def component_sizes(model: nn.Module) -> dict[str, ComponentSize]:

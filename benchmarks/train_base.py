@@ -1,0 +1,120 @@
+"""Train the shipped base policy `tiny-maniskill` from scratch by SFT on the suite's expert demos.
+
+    python benchmarks/train_base.py                      # demos -> SFT -> evaluation -> package data
+    python benchmarks/train_base.py --steps 20 --eval-episodes 1 --output-dir /tmp/base --no-ship  # smoke
+
+Resumable: rerun the same command after an interruption; demos, checkpoints and the evaluation are
+cached in `--output-dir`. Seeds are fixed. The result is written in the OpenVLA format (fp16 storage,
+loads as fp32) to `vla_compress/presets/tiny-maniskill` together with `eval.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_compress.data import DemoDataset, generate_demos
+from vla_compress.envs.tasks import TASKS_IND
+from vla_compress.evaluation import evaluate
+from vla_compress.modeling import build_model, preset_config
+from vla_compress.modeling.presets import SHIPPED_PRESETS
+from vla_compress.recovery.checkpoint import latest_checkpoint
+from vla_compress.recovery.sft import SFTConfig, train_sft
+
+PACKAGE_PRESET_DIR = Path(__file__).resolve().parents[1] / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/train_base"))
+    parser.add_argument("--demos", type=Path, default=None, help="demo directory (default: <output-dir>/demos)")
+    parser.add_argument("--episodes-per-task", type=int, default=40)
+    parser.add_argument("--image-size", type=int, default=128, help="camera size; the model resizes to its own")
+    parser.add_argument("--preset", default="tiny", help="architecture preset to train from scratch")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--held-out-episodes", type=int, default=2, help="per task, for the held-out loss")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="per task, IND and OOD")
+    parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
+    return parser.parse_args()
+
+
+def split_by_episode(dataset: DemoDataset, held_out_per_task: int) -> tuple[list[dict], list[dict]]:
+    """Load all samples into memory; the last `held_out_per_task` episodes of each task are held out."""
+    episodes: dict[tuple[str, int], list[dict]] = {}
+    for sample in dataset:
+        episodes.setdefault((sample["task"], sample["episode"]), []).append(sample)
+    train, held_out = [], []
+    for task in sorted({task for task, _ in episodes}):
+        ids = sorted(ep for t, ep in episodes if t == task)
+        for ep in ids:
+            (held_out if ep in ids[len(ids) - held_out_per_task:] else train).extend(episodes[(task, ep)])
+    return train, held_out
+
+
+class InMemory(list):
+    """A list of samples that carries the dataset's norm_stats (read by `train_sft`)."""
+
+    def __init__(self, samples: list[dict], norm_stats: dict) -> None:
+        super().__init__(samples)
+        self.norm_stats = norm_stats
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.output_dir
+    demos = args.demos or out / "demos"
+    if not (demos / "norm_stats.json").exists():
+        generate_demos(demos, tasks="ind", episodes_per_task=args.episodes_per_task, image_size=args.image_size,
+                       seed=args.seed)
+    dataset = DemoDataset(demos)
+    train, held_out = split_by_episode(dataset, args.held_out_episodes)
+    print(f"demos: {dataset.num_episodes} episodes, {len(train)} train / {len(held_out)} held-out samples")
+
+    model = build_model(preset_config(args.preset), seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    eval_subset = [held_out[i] for i in rng.choice(len(held_out), size=min(256, len(held_out)), replace=False)]
+    start = time.time()
+    model = train_sft(model, SFTConfig(
+        data=InMemory(train, dataset.norm_stats), eval_data=eval_subset, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=min(200, args.steps // 10), eval_every=250,
+        checkpoint_every=250, output_dir=out / "sft", seed=args.seed, device=args.device))
+    train_seconds = time.time() - start
+    model.eval()
+    result = evaluate(model, tasks="all", episodes_per_task=args.eval_episodes, num_envs=args.num_envs,
+                      seed=args.seed, image_size=args.image_size, output=out / "eval.json")
+    checkpoint = latest_checkpoint(out / "sft")
+    card = {
+        "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "train_samples": len(train), "demo_episodes": dataset.num_episodes, "ind_tasks": len(TASKS_IND),
+        "train_seconds_this_run": round(train_seconds, 1), "checkpoint": str(checkpoint),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "ind_success_rate": result.ind_success_rate, "ood_success_rate": result.ood_success_rate,
+        "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result.mean_episode_length,
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    print(json.dumps(card, indent=2))
+    if not args.no_ship:
+        shutil.rmtree(PACKAGE_PRESET_DIR, ignore_errors=True)
+        model.to(torch.float16).save_pretrained(PACKAGE_PRESET_DIR)
+        shutil.copy(out / "eval.json", PACKAGE_PRESET_DIR / "eval.json")
+        shutil.copy(out / "model_card.json", PACKAGE_PRESET_DIR / "model_card.json")
+        print(f"shipped to {PACKAGE_PRESET_DIR}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""PPO: GAE and losses against hand-worked numbers; training, resume and failure handling on a fake env."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from vla_compress.modeling import load_vla
+from vla_compress.recovery.checkpoint import latest_checkpoint
+from vla_compress.recovery.metrics import read_metrics
+from vla_compress.recovery.ppo import PPOConfig, compute_gae, ppo_losses, train_ppo
+from vla_compress.recovery.value_head import VALUE_HEAD_FILE
+
+torch.set_num_threads(1)
+
+
+# ---- fake env: random images and rewards, fixed-length episodes ------------------------------------------
+class FakeTaskEnv(gym.Env):
+    """16x16 random images, reward 0.1 or 1.0 at random, one instruction, truncation after `episode_steps`."""
+
+    crash_on_step: int | None = None  # class-wide: raise once at this global step count
+    nan_reward_after: int | None = None  # class-wide: NaN rewards once this many resets happened
+    steps = 0
+    resets = 0
+
+    def __init__(self, episode_steps: int = 4) -> None:
+        self.episode_steps = episode_steps
+        self.observation_space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.t = 0
+
+    def _obs(self) -> dict:
+        return {"image": self.np_random.integers(0, 256, (16, 16, 3), dtype=np.uint8)}
+
+    def _info(self) -> dict:
+        return {"instruction": "put the red cube on the blue plate", "success": bool(self.np_random.random() < 0.3)}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        FakeTaskEnv.resets += 1
+        self.t = 0
+        return self._obs(), self._info()
+
+    def step(self, action):
+        FakeTaskEnv.steps += 1
+        if FakeTaskEnv.crash_on_step is not None and FakeTaskEnv.steps == FakeTaskEnv.crash_on_step:
+            raise EOFError("worker died")
+        self.t += 1
+        reward = float(self.np_random.choice([0.0, 0.1, 1.0]))
+        if FakeTaskEnv.nan_reward_after is not None and FakeTaskEnv.resets > FakeTaskEnv.nan_reward_after:
+            reward = float("nan")
+        return self._obs(), reward, False, self.t >= self.episode_steps, self._info()
+
+
+def fake_factory(num_envs: int = 2, episode_steps: int = 4):
+    def factory(seed: int) -> gym.vector.VectorEnv:
+        return gym.vector.SyncVectorEnv([lambda: FakeTaskEnv(episode_steps) for _ in range(num_envs)])
+
+    return factory
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake_env():
+    FakeTaskEnv.crash_on_step, FakeTaskEnv.nan_reward_after = None, None
+    FakeTaskEnv.steps = FakeTaskEnv.resets = 0
+    yield
+
+
+def tiny_config(tmp_path, name: str = "run", updates: int = 1, **kwargs) -> PPOConfig:
+    settings = {"num_envs": 2, "episode_steps": 4, "total_env_steps": 8 * updates, "minibatch_size": 4,
+                    "env_factory": fake_factory(2, 4), "device": "cpu", "seed": 0, "output_dir": tmp_path / name,
+                    "checkpoint_every": 1, "progress": False}
+    settings.update(kwargs)
+    return PPOConfig(**settings)
+
+
+# ---- GAE -----------------------------------------------------------------------------------------------------
+def test_gae_hand_worked_with_done_in_the_middle():
+    # obs 2 starts a new episode (dones[2] = 1): no bootstrapping from step 1 into step 2
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.5], [1.0], [1.5]])
+    dones = torch.tensor([[0.0], [0.0], [1.0]])
+    advantages, returns = compute_gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([0.0]),
+                                      gamma=0.5, lam=0.5)
+    # t=2: 3 + 0.5*2 - 1.5 = 2.5 | t=1: 2 - 1 = 1.0 | t=0: (1 + 0.5*1 - 0.5) + 0.25*1.0 = 1.25
+    torch.testing.assert_close(advantages, torch.tensor([[1.25], [1.0], [2.5]]))
+    torch.testing.assert_close(returns, torch.tensor([[1.75], [2.0], [4.0]]))
+
+    advantages, _ = compute_gae(rewards, values, dones, torch.tensor([2.0]), torch.tensor([1.0]), 0.5, 0.5)
+    assert advantages[2, 0].item() == pytest.approx(1.5)  # next_done: 3 - 1.5, no bootstrap
+
+
+# ---- losses -----------------------------------------------------------------------------------------------
+def test_ppo_losses_hand_made_batch():
+    ratio = torch.tensor([1.5, 0.5, 1.1])
+    advantages = torch.tensor([1.0, -1.0, 2.0])
+    old_log_probs = torch.zeros(3)
+    new_values, old_values = torch.tensor([0.5, -0.1, 3.0]), torch.zeros(3)
+    returns = torch.tensor([1.0, 0.0, 0.0])
+    pg_loss, v_loss, entropy, approx_kl, clipfrac = ppo_losses(
+        ratio.log(), old_log_probs, advantages, new_values, old_values, returns, torch.tensor([2.0, 4.0, 6.0]),
+        clip_coef=0.2, vf_clip_coef=0.2, huber_delta=1.0)
+    # ratio 1.5 with A>0 clipped to 1.2; ratio 0.5 with A<0 clipped to 0.8; ratio 1.1 inside the clip
+    assert pg_loss.item() == pytest.approx((-1.2 + 0.8 - 2.2) / 3)
+    assert clipfrac.item() == pytest.approx(2 / 3)
+    expected_kl = np.mean([(r - 1) - math.log(r) for r in (1.5, 0.5, 1.1)])
+    assert approx_kl.item() == pytest.approx(expected_kl)
+    # values: clipped to [0.2, -0.1, 0.2]; Huber(new) = [0.125, 0.005, 2.5], Huber(clipped) = [0.32, 0.005, 0.02]
+    assert v_loss.item() == pytest.approx((0.32 + 0.005 + 2.5) / 3)
+    assert entropy.item() == pytest.approx(4.0)
+
+
+def test_ppo_losses_ratio_one_gives_plain_policy_gradient():
+    advantages = torch.tensor([1.0, -2.0])
+    log_probs = torch.tensor([-3.0, -4.0], requires_grad=True)
+    pg_loss, _, _, approx_kl, clipfrac = ppo_losses(log_probs, log_probs.detach(), advantages, torch.zeros(2),
+                                                    torch.zeros(2), torch.zeros(2), torch.zeros(2))
+    pg_loss.backward()
+    torch.testing.assert_close(log_probs.grad, -advantages / 2)
+    assert approx_kl.item() == 0 and clipfrac.item() == 0
+
+
+# ---- config validation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    ({"total_env_steps": -1}, "total_env_steps"),
+    ({"minibatch_size": 9}, "larger than the rollout buffer"),
+    ({"rollout_steps": 6}, "multiple of episode_steps"),
+    ({"env_factory": None, "tasks": ["no_such_task"]}, "unknown task"),
+    ({"env_factory": None, "env": "atari"}, "unknown env"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tmp_path, **kwargs).validate()
+
+
+def test_missing_output_parent_raises(tmp_path):
+    model = load_vla("tiny")
+    with pytest.raises(ValueError, match="parent of output_dir"):
+        train_ppo(model, tiny_config(tmp_path, output_dir=tmp_path / "missing" / "run"))
+    assert FakeTaskEnv.resets == 0
+
+
+# ---- training on the fake env --------------------------------------------------------------------------
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight = train_ppo(load_vla("tiny"), tiny_config(tmp_path, "straight", updates=2))
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path, "resumed", updates=1))
+    resumed = train_ppo(load_vla("tiny"), tiny_config(tmp_path, "resumed", updates=2, resume=True))
+
+    before, after_straight, after_resumed = _params(load_vla("tiny")), _params(straight), _params(resumed)
+    assert any(not torch.equal(before[k], after_straight[k]) for k in before), "PPO did not change the model"
+    for key in after_straight:
+        torch.testing.assert_close(after_resumed[key], after_straight[key], rtol=0, atol=1e-6)
+    checkpoint = latest_checkpoint(tmp_path / "resumed")
+    assert checkpoint.name == "step_00000016" and (checkpoint / VALUE_HEAD_FILE).exists()
+    rows = read_metrics(tmp_path / "resumed")
+    assert [row["step"] for row in rows] == [8, 16]
+    for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+                "losses/clipfrac", "losses/explained_variance", "charts/episodic_return",
+                "charts/success_rate", "charts/SPS"):
+        assert key in rows[-1]
+    with pytest.raises(ValueError, match="resume=True"):  # an existing run is never overwritten silently
+        tiny_config(tmp_path, "resumed", updates=2).validate()
+
+
+def test_env_crash_is_recovered(tmp_path):
+    FakeTaskEnv.crash_on_step = 5
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path))
+    assert read_metrics(tmp_path / "run")[-1]["charts/env_restarts"] == 1
+    assert latest_checkpoint(tmp_path / "run") is not None
+
+
+def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path):
+    FakeTaskEnv.nan_reward_after = 2  # the second update's rollout (resets 3, 4) gets NaN rewards
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train_ppo(load_vla("tiny"), tiny_config(tmp_path, updates=2))
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint is not None and checkpoint.name == "step_00000008"
+
+
+# ---- the simulator ------------------------------------------------------------------------------------------
+@pytest.mark.sim
+def test_ppo_on_maniskill(tmp_path):
+    os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
+    model = load_vla("tiny")
+    model.config.norm_stats = {"maniskill": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7,
+                                                        "mask": [True] * 6 + [False]}}}
+    before = _params(model)
+    config = PPOConfig(env="maniskill", tasks=["red_cube_on_blue_plate"], num_envs=2, episode_steps=8,
+                       image_size=64, total_env_steps=16, minibatch_size=8, device="cpu", num_threads=1,
+                       output_dir=tmp_path / "sim", progress=False)
+    model = train_ppo(model, config)
+    assert any(not torch.equal(before[k], v) for k, v in _params(model).items())
+    rows = read_metrics(tmp_path / "sim")
+    assert len(rows) == 1 and rows[0]["step"] == 16
+    assert {"losses/policy_loss", "losses/value_loss", "losses/approx_kl", "charts/success_rate",
+            "charts/SPS"} <= rows[0].keys()
+    assert 0.0 <= rows[0]["charts/success_rate"] <= 1.0
+    assert (latest_checkpoint(tmp_path / "sim") / VALUE_HEAD_FILE).exists()

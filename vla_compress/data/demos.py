@@ -1,0 +1,247 @@
+"""Scripted demonstrations for the ManiSkill suite: generation, HDF5 storage, norm stats and a reader.
+
+Dataset layout (a directory):
+
+    <out_dir>/<task>.hdf5            one file per task, written to a temp file and renamed when done
+        attrs: task, instruction, image_size, attempts, successes, seconds
+        episode_00000/               one group per successful episode
+            rgb      [T,H,W,3] uint8    camera image before each action (lzf-compressed)
+            actions  [T,7]     float32  expert action: xyz delta, rotation delta, gripper (-1 closed, +1 open)
+            proprio  [T,9]     float32  TCP pose (xyz, wxyz) and the two finger joint positions
+            attrs: task, instruction, success (bool), seed
+    <out_dir>/norm_stats.json        OpenVLA form: {dataset_name: {"action": {mean,std,max,min,q01,q99,mask},
+                                     "proprio": {...}, "num_transitions", "num_trajectories"}}
+
+Generation is resumable: finished task files are kept and skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
+
+DATASET_NAME = "maniskill_put_cube_on_plate"
+ACTION_MASK = [True] * 6 + [False]
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _rollout_batch(envs, expert, seeds: list[int], task: str, noise_std: float, rng: np.random.Generator,
+                   max_steps: int) -> list[dict[str, np.ndarray] | None]:
+    """Run one batch of expert episodes; per env the recorded steps up to first success, or None."""
+    n = envs.num_envs
+    obs, info = envs.reset(seed=seeds, options={"tasks": [task] * n})
+    expert.reset()
+    steps: list[list[tuple]] = [[] for _ in range(n)]
+    done = np.zeros(n, dtype=bool)
+    for _ in range(max_steps):
+        action = expert.act(info)
+        executed = action.copy()
+        executed[:, :3] += rng.normal(0.0, noise_std, size=(n, 3)).astype(np.float32)
+        for i in np.flatnonzero(~done):
+            steps[i].append((obs["image"][i], obs["proprio"][i], action[i]))
+        obs, _, _, _, info = envs.step(np.clip(executed, -1.0, 1.0))
+        done |= np.asarray(info["success"], dtype=bool)
+        if done.all():
+            break
+    return [
+        {"rgb": np.stack([s[0] for s in ep]), "proprio": np.stack([s[1] for s in ep]).astype(np.float32),
+         "actions": np.stack([s[2] for s in ep]).astype(np.float32)} if ok else None
+        for ep, ok in zip(steps, done)
+    ]
+
+
+def generate_demos(
+    out_dir: str | Path,
+    tasks: str | list[str] = "ind",
+    episodes_per_task: int = 40,
+    image_size: int = 128,
+    seed: int = 0,
+    num_workers: int = 1,
+    max_episode_steps: int | None = None,
+    noise_std: float = 0.05,
+    max_attempts_per_task: int | None = None,
+    dataset_name: str = DATASET_NAME,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``episodes_per_task`` successful expert episodes per task to ``out_dir`` (layout: module doc).
+
+    Failed episodes are dropped. ``noise_std`` adds Gaussian noise to the executed xyz action while the
+    clean expert action is recorded (DART-style), so the data contains recovery states. Returns a summary
+    with attempts, successes, expert success rate and seconds per task, also written to ``summary.json``.
+    """
+    from vla_compress.data.expert import ScriptedExpert
+    from vla_compress.envs import make_env
+    from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
+
+    tasks = resolve_tasks(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    max_attempts = max_attempts_per_task or 2 * episodes_per_task + 4
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    envs = make_env(tasks=tasks, num_envs=num_workers, image_size=image_size,
+                    max_episode_steps=max_episode_steps)
+    max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
+    expert = ScriptedExpert(num_workers)
+    summary: dict[str, Any] = {}
+    bar = tqdm(total=len(tasks) * episodes_per_task, desc="demos", disable=not progress)
+    try:
+        for task in tasks:
+            path = out / f"{task}.hdf5"
+            if path.exists():
+                with h5py.File(path, "r") as f:
+                    summary[task] = {k: f.attrs[k].item() for k in ("attempts", "successes", "seconds")}
+                bar.update(episodes_per_task)
+                continue
+            rng = np.random.default_rng([seed, ALL_TASKS.index(task)])
+            start, attempts, kept = time.perf_counter(), 0, 0
+            tmp = path.with_suffix(".tmp")
+            with h5py.File(tmp, "w") as f:
+                while kept < episodes_per_task and attempts < max_attempts:
+                    seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + attempts + i
+                             for i in range(num_workers)]
+                    for episode_seed, ep in zip(seeds, _rollout_batch(envs, expert, seeds, task, noise_std,
+                                                                      rng, max_steps)):
+                        if kept >= episodes_per_task:
+                            break
+                        attempts += 1
+                        if ep is None:
+                            continue
+                        group = f.create_group(f"episode_{kept:05d}")
+                        group.create_dataset("rgb", data=ep["rgb"], compression="lzf",
+                                             chunks=(1, *ep["rgb"].shape[1:]))
+                        group.create_dataset("actions", data=ep["actions"])
+                        group.create_dataset("proprio", data=ep["proprio"])
+                        group.attrs.update(task=task, instruction=instruction(task), success=True,
+                                           seed=episode_seed)
+                        kept += 1
+                        bar.update(1)
+                seconds = time.perf_counter() - start
+                f.attrs.update(task=task, instruction=instruction(task), image_size=image_size,
+                               attempts=attempts, successes=kept, seconds=seconds)
+            os.replace(tmp, path)
+            summary[task] = {"attempts": attempts, "successes": kept, "seconds": seconds}
+            bar.set_postfix(expert_success=f"{kept / attempts:.2f}")
+    finally:
+        bar.close()
+        envs.close()
+    attempts = sum(s["attempts"] for s in summary.values())
+    result = {
+        "tasks": summary,
+        "expert_success_rate": sum(s["successes"] for s in summary.values()) / max(attempts, 1),
+        "seconds": sum(s["seconds"] for s in summary.values()),
+        "megabytes": sum(p.stat().st_size for p in out.glob("*.hdf5")) / 2**20,
+    }
+    _atomic_write_json(out / "summary.json", result)
+    _atomic_write_json(out / "norm_stats.json", compute_norm_stats(out, dataset_name))
+    return result
+
+
+def _stats(x: np.ndarray, mask: list[bool] | None = None) -> dict[str, list]:
+    stats = {
+        "mean": x.mean(0), "std": x.std(0), "max": x.max(0), "min": x.min(0),
+        "q01": np.quantile(x, 0.01, axis=0), "q99": np.quantile(x, 0.99, axis=0),
+    }
+    out = {k: v.astype(np.float64).tolist() for k, v in stats.items()}
+    if mask is not None:
+        out["mask"] = list(mask)
+    return out
+
+
+def _task_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise ValueError(f"dataset path {str(path)!r} does not exist")
+    files = sorted(path.glob("*.hdf5")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"dataset path {str(path)!r} holds no .hdf5 files")
+    return files
+
+
+def compute_norm_stats(path: str | Path, dataset_name: str = DATASET_NAME) -> dict[str, Any]:
+    """OpenVLA-style norm stats over every episode in a dataset directory or file."""
+    actions, proprio = [], []
+    for file in _task_files(Path(path)):
+        with h5py.File(file, "r") as f:
+            for group in f.values():
+                actions.append(group["actions"][()])
+                proprio.append(group["proprio"][()])
+    if not actions:
+        raise ValueError(f"dataset {str(path)!r} has no episodes")
+    return {dataset_name: {
+        "action": _stats(np.concatenate(actions), ACTION_MASK),
+        "proprio": _stats(np.concatenate(proprio)),
+        "num_transitions": int(sum(len(a) for a in actions)),
+        "num_trajectories": len(actions),
+    }}
+
+
+class DemoDataset:
+    """Map-style dataset over every step of every episode in a demo directory (or one task file).
+
+    Items are ``{"image": uint8 [H,W,3], "instruction": str, "action": float32 [7], "task": str,
+    "episode": str}`` (the episode's group name within its task file).
+    Files are opened lazily per process, so it works with ``torch.utils.data.DataLoader`` workers.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._files = _task_files(self.path)
+        self._index: list[tuple[int, str, int]] = []
+        self._meta: dict[tuple[int, str], tuple[str, str]] = {}
+        for fi, file in enumerate(self._files):
+            with h5py.File(file, "r") as f:
+                for name, group in f.items():
+                    self._meta[fi, name] = (str(group.attrs["task"]), str(group.attrs["instruction"]))
+                    self._index += [(fi, name, t) for t in range(group["actions"].shape[0])]
+        if not self._index:
+            raise ValueError(f"dataset {str(self.path)!r} has no episodes")
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _file(self, fi: int) -> h5py.File:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if fi not in self._handles:
+            self._handles[fi] = h5py.File(self._files[fi], "r")
+        return self._handles[fi]
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        fi, name, t = self._index[idx]
+        group = self._file(fi)[name]
+        task, text = self._meta[fi, name]
+        action = group["actions"][t].astype(np.float32)
+        return {"image": group["rgb"][t], "instruction": text, "action": action, "task": task, "episode": name}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._meta)
+
+    @property
+    def norm_stats(self) -> dict[str, Any]:
+        """``norm_stats.json`` beside the data when present, else computed from the episodes."""
+        stats_file = (self.path if self.path.is_dir() else self.path.parent) / "norm_stats.json"
+        if stats_file.exists():
+            return json.loads(stats_file.read_text())
+        return compute_norm_stats(self.path)

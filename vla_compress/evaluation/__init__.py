@@ -1,0 +1,5 @@
+"""Evaluation: success-rate rollouts on the simulation suite (IND / OOD)."""
+
+from vla_compress.evaluation.success import EvalResult, RandomPolicy, evaluate
+
+__all__ = ["EvalResult", "RandomPolicy", "evaluate"]

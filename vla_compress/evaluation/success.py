@@ -1,0 +1,141 @@
+"""Success-rate evaluation of a policy on the simulation suite (IND / OOD tasks)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vla_compress.envs.tasks import ALL_TASKS, TASKS_IND, TASKS_OOD, resolve_tasks
+
+
+class ActionPolicy(Protocol):
+    def predict_action(self, images: np.ndarray, instructions: list[str], unnorm_key: str | None = None
+                       ) -> np.ndarray: ...
+
+
+PolicyLike = ActionPolicy | Callable[..., np.ndarray]
+
+
+class RandomPolicy:
+    """Uniform random actions in [-1, 1]^7, seeded; for tests and as a floor."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def predict_action(self, images: np.ndarray, instructions: list[str], unnorm_key: str | None = None
+                       ) -> np.ndarray:
+        return self.rng.uniform(-1.0, 1.0, size=(len(images), 7)).astype(np.float32)
+
+
+@dataclass
+class EvalResult:
+    """Per-task success rates and means; an episode succeeds if the task succeeded at any step.
+
+    ``mean_episode_length`` counts steps until the first success (the full length for failures).
+    """
+
+    success_rate: dict[str, float]
+    ind_success_rate: float | None
+    ood_success_rate: float | None
+    mean_success_rate: float
+    mean_episode_length: float
+    mean_return: float
+    episodes_per_task: int
+    seed: int
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def evaluate(
+    policy: PolicyLike,
+    suite: str = "maniskill",
+    tasks: str | list[str] = "all",
+    episodes_per_task: int = 10,
+    num_envs: int = 1,
+    seed: int = 0,
+    image_size: int = 128,
+    max_episode_steps: int | None = None,
+    unnorm_key: str | None = None,
+    progress: bool = True,
+    output: str | Path | None = None,
+) -> EvalResult:
+    """Roll ``policy`` out on every task ``episodes_per_task`` times across ``num_envs`` parallel workers.
+
+    ``policy`` has ``predict_action(images uint8 [B,H,W,3], instructions list[str], unnorm_key) -> [B,7]``
+    or is a callable with that signature. Episode ``k`` of a task always uses the same env seed, so
+    results are reproducible for a deterministic policy. Writes JSON to ``output`` when given.
+    """
+    from mani_skill.utils import common
+
+    from vla_compress.envs import make_env
+    from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
+
+    tasks = resolve_tasks(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    predict = getattr(policy, "predict_action", policy)
+    if not callable(predict):
+        raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
+    steps = max_episode_steps or DEFAULT_EPISODE_STEPS
+    jobs = [(task, k, seed * 1_000_003 + ALL_TASKS.index(task) * 1_000 + k)
+            for task in tasks for k in range(episodes_per_task)]
+    num_envs = min(num_envs, len(jobs))
+    envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps)
+    episodes: list[dict[str, Any]] = []
+    bar = tqdm(total=len(jobs), desc="evaluate", disable=not progress)
+    try:
+        for start in range(0, len(jobs), num_envs):
+            batch = jobs[start:start + num_envs]
+            batch += [batch[-1]] * (num_envs - len(batch))  # pad the last round; padded results dropped
+            obs, info = envs.reset(seed=[j[2] for j in batch], options={"tasks": [j[0] for j in batch]})
+            success_step = np.full(num_envs, -1)
+            returns = np.zeros(num_envs)
+            for t in range(steps):
+                images = np.asarray(common.to_numpy(obs["image"]), dtype=np.uint8)
+                instructions = [str(s) for s in np.asarray(info["instruction"]).reshape(num_envs)]
+                action = np.asarray(common.to_numpy(predict(images, instructions, unnorm_key=unnorm_key)),
+                                    dtype=np.float32).reshape(num_envs, 7)
+                obs, reward, _, _, info = envs.step(np.clip(action, -1.0, 1.0))
+                returns += np.asarray(common.to_numpy(reward), dtype=np.float64).reshape(num_envs)
+                success = np.asarray(common.to_numpy(info["success"]), dtype=bool).reshape(num_envs)
+                success_step[(success_step < 0) & success] = t + 1
+                if (success_step > 0).all():  # success counts at first occurrence: stop early
+                    break
+            for i, (task, k, episode_seed) in enumerate(jobs[start:start + num_envs]):
+                episodes.append({"task": task, "episode": k, "seed": episode_seed,
+                                 "success": bool(success_step[i] > 0),
+                                 "length": int(success_step[i]) if success_step[i] > 0 else steps,
+                                 "return": float(returns[i])})
+                bar.update(1)
+    finally:
+        bar.close()
+        envs.close()
+
+    rate = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
+    result = EvalResult(
+        success_rate=rate,
+        ind_success_rate=_mean([r for t, r in rate.items() if t in TASKS_IND]),
+        ood_success_rate=_mean([r for t, r in rate.items() if t in TASKS_OOD]),
+        mean_success_rate=float(np.mean(list(rate.values()))),
+        mean_episode_length=float(np.mean([e["length"] for e in episodes])),
+        mean_return=float(np.mean([e["return"] for e in episodes])),
+        episodes_per_task=episodes_per_task,
+        seed=seed,
+        episodes=episodes,
+    )
+    if output is not None:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=2))
+    return result

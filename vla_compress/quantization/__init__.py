@@ -1,0 +1,125 @@
+"""`quantize(model, bits, method=...)`: one verb over the bitsandbytes, GPTQ and quanto backends.
+
+Scope (which linears) is one predicate (`scope.py`); each backend module has a config dataclass,
+`quantize_linears` and `load_linears`. The settings and the list of quantized modules are recorded
+in `config.quantization`, so `load_vla(dir)` rebuilds the quantized layers before loading weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..modeling.size import component_sizes
+from . import bnb, cpu, gptq
+from .bnb import BnbConfig
+from .cpu import QuantoConfig
+from .gptq import Calibration, GPTQConfig, GPTQLinear
+from .scope import FilterFn, default_filter, scope_name, select_linears
+
+logger = logging.getLogger(__name__)
+
+# method -> (backend module, config class, pip package needed or None)
+METHODS: dict[str, tuple[ModuleType, type, str | None]] = {
+    "bnb": (bnb, BnbConfig, "bitsandbytes"),
+    "gptq": (gptq, GPTQConfig, None),
+    "quanto": (cpu, QuantoConfig, "optimum.quanto"),
+}
+BITS = (4, 8)
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:  # parent package missing
+        return False
+
+
+def _backend(method: str, bits: int) -> tuple[ModuleType, type]:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; allowed: {sorted(METHODS)}")
+    if bits not in BITS:
+        raise ValueError(f"bits={bits!r} is not supported; allowed: {BITS}")
+    module, config_class, package = METHODS[method]
+    if package is not None and not _installed(package):
+        raise ImportError(f"method={method!r} needs {package}: pip install vla-compress[quant]")
+    return module, config_class
+
+
+def _config(config_class: type, bits: int, options: dict):
+    try:
+        return config_class(bits=bits, **options)
+    except TypeError as error:
+        allowed = [name for name in config_class.__dataclass_fields__ if name != "bits"]
+        raise ValueError(f"{config_class.__name__} options are {allowed}; got {sorted(options)}") from error
+
+
+def quantize(model: nn.Module, bits: int = 4, method: str = "bnb", *, include_lm_head: bool = False,
+             filter_fn: FilterFn | None = None, calibration: Calibration | None = None, **options) -> nn.Module:
+    """Quantize the LLM's decoder linears of `model` in place and return it.
+
+    `method`: "bnb" (LLM.int8 / NF4, options of `BnbConfig`), "gptq" (needs `calibration`, an iterable
+    of `(images, instructions)` batches; options of `GPTQConfig`) or "quanto" (CPU-fast weight-only).
+    `include_lm_head` adds the output head; `filter_fn(name, module)` replaces the scope entirely.
+    """
+    backend, config_class = _backend(method, bits)
+    config = _config(config_class, bits, options)
+    if getattr(model.config, "quantization", None):
+        raise ValueError(f"model is already quantized ({model.config.quantization['method']}, "
+                         f"{model.config.quantization['bits']}-bit); start from the unquantized model")
+    names = select_linears(model, filter_fn or default_filter(include_lm_head))
+    if not names:
+        raise ValueError("no nn.Linear module matches the quantization scope")
+    before = component_sizes(model)["language_model"].bytes
+    if method == "gptq":
+        backend.quantize_linears(model, names, config, calibration)
+    else:
+        backend.quantize_linears(model, names, config)
+    model.config.quantization = {"method": method, "bits": bits, "scope": scope_name(include_lm_head, filter_fn),
+                                 **config.settings(), "modules": names}
+    after = component_sizes(model)["language_model"].bytes
+    logger.info("quantized %d linears (%s, %d-bit): LLM %.2f MB -> %.2f MB", len(names), method, bits,
+                before / 1e6, after / 1e6)
+    return model.eval()
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {path}")
+    return {key: value for file in files for key, value in load_file(file).items()}
+
+
+def load_quantized(path: str | Path, config, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """Rebuild a model saved after `quantize`: build, swap in the quantized layers, load weights."""
+    from ..modeling.modeling_openvla import OpenVLAForActionPrediction
+    from ..modeling.processing import OpenVLAProcessor
+
+    recorded = config.quantization
+    method, bits, names = recorded["method"], recorded["bits"], recorded["modules"]
+    backend, config_class = _backend(method, bits)
+    settings = {key: value for key, value in recorded.items() if key in config_class.__dataclass_fields__}
+    settings.pop("bits")
+    model = OpenVLAForActionPrediction(config)
+    state_dict = _state_dict(Path(path))
+    backend.load_linears(model, names, _config(config_class, bits, settings), state_dict)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    quantized = tuple(name + "." for name in names)
+    missing = [key for key in missing if not key.startswith(quantized)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if dtype is not None:
+        model.to(dtype)
+    model.processor = OpenVLAProcessor.from_pretrained(path, config)
+    return model.to(device).eval()
+
+
+__all__ = ["BnbConfig", "GPTQConfig", "GPTQLinear", "QuantoConfig", "load_quantized", "quantize"]
