@@ -188,6 +188,13 @@ def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path):
     assert checkpoint is not None and checkpoint.name == "step_00000008"
 
 
+def test_eval_hook_logs_eval_metrics(tmp_path):
+    seen = []
+    config = tiny_config(tmp_path, eval_every=1, eval_fn=lambda model: seen.append(model) or {"success_rate": 0.5})
+    train_ppo(load_vla("tiny"), config)
+    assert len(seen) == 1 and read_metrics(tmp_path / "run")[-1]["eval/success_rate"] == 0.5
+
+
 # ---- the simulator ------------------------------------------------------------------------------------------
 @pytest.mark.sim
 def test_ppo_on_maniskill(tmp_path):

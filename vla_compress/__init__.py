@@ -4,9 +4,11 @@ from .modeling import (
     ActionTokenizer, OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAProcessor, component_sizes, load_vla,
 )
 from .pruning import PruneReport, prune
+from .quantization import quantize
+from .recovery import PPOConfig, SFTConfig, recover
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PruneReport",
-    "component_sizes", "load_vla", "prune",
+    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig",
+    "PruneReport", "SFTConfig", "component_sizes", "load_vla", "prune", "quantize", "recover",
 ]

@@ -118,7 +118,7 @@ def _apply_lora(model: OpenVLAForActionPrediction, rank: int) -> None:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:
-        raise ImportError("LoRA needs peft: pip install 'vla-compress[rl]'") from err
+        raise ImportError("LoRA needs peft: pip install peft") from err
     config = LoraConfig(r=rank, lora_alpha=min(rank, 16), lora_dropout=0.0,
                         target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
     inject_adapter_in_model(config, model)

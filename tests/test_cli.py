@@ -1,0 +1,194 @@
+"""The `vla-compress` command line: outputs, reloadable checkpoints, exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import vla_compress.recovery
+from vla_compress import load_vla
+from vla_compress.cli import app
+
+runner = CliRunner()
+COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos"]
+
+
+def write_demos(path: Path, episodes: int = 2, steps: int = 3, image_size: int = 32) -> Path:
+    """A demo directory in `generate_demos`' layout with random frames (no simulator)."""
+    rng = np.random.default_rng(0)
+    path.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path / "red_cube_on_blue_plate.hdf5", "w") as f:
+        for k in range(episodes):
+            group = f.create_group(f"episode_{k:05d}")
+            group.create_dataset(
+                "rgb", data=rng.integers(0, 256, (steps, image_size, image_size, 3), dtype=np.uint8)
+            )
+            group.create_dataset("actions", data=rng.uniform(-1, 1, (steps, 7)).astype(np.float32))
+            group.create_dataset("proprio", data=rng.normal(size=(steps, 9)).astype(np.float32))
+            group.attrs.update(
+                task="red_cube_on_blue_plate", instruction="put the red cube on the blue plate"
+            )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "pruned"
+    result = runner.invoke(
+        app, ["prune", "tiny", "--ratio", "0.5", "--importance", "l2", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    return out
+
+
+def test_info_prints_components():
+    result = runner.invoke(app, ["info", "tiny"])
+    assert result.exit_code == 0, result.output
+    for name in ("vision_backbone", "projector", "language_model", "lm_head", "total"):
+        assert name in result.output
+    assert "pruning: dense" in result.output and "quantization: none" in result.output
+
+
+def test_info_openvla_7b_on_meta_device():
+    result = runner.invoke(app, ["info", "openvla-7b", "--device", "meta", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert "7,541,237,184" in result.output
+
+
+def test_prune_writes_a_loadable_checkpoint(pruned_dir):
+    model = load_vla(pruned_dir)
+    assert model.config.llm_layer_widths[1]["num_attention_heads"] == 4
+    assert (pruned_dir / "prune_report.json").is_file()
+    result = runner.invoke(app, ["info", str(pruned_dir)])
+    assert result.exit_code == 0 and "per-layer widths" in result.output
+
+
+def test_prune_taylor_with_demo_calibration(tmp_path):
+    demos = write_demos(tmp_path / "demos")
+    out = tmp_path / "taylor"
+    result = runner.invoke(
+        app,
+        [
+            "prune",
+            "tiny",
+            "--ratio",
+            "0.5",
+            "--importance",
+            "taylor",
+            "--calibration",
+            str(demos),
+            "--calibration-samples",
+            "2",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert load_vla(out).config.llm_layer_widths[1]["num_attention_heads"] == 4
+
+
+def test_quantize_a_pruned_checkpoint(pruned_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "q4"
+    result = runner.invoke(
+        app, ["quantize", str(pruned_dir), "--bits", "4", "--method", "bnb", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    model = load_vla(out)
+    assert model.config.quantization["bits"] == 4
+    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    assert model.predict_action(images, ["put the red cube on the blue plate"]).shape == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "args, argument",
+    [
+        (["info", "no-such-preset"], "name_or_path"),
+        (["prune", "tiny", "--ratio", "1.5", "--importance", "l2", "--output", "unused"], "ratio"),
+        (["quantize", "tiny", "--bits", "3", "--output", "unused"], "bits"),
+        (["prune", "tiny", "--ratio", "0.5", "--importance", "nope", "--output", "unused"], "importance"),
+        (["info", "tiny", "--dtype", "int3"], "dtype"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, argument, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and argument in lines[0]
+    assert "Traceback" not in result.output and not (tmp_path / "unused").exists()
+
+
+def test_profile_writes_json(pruned_dir, tmp_path):
+    out = tmp_path / "profile.json"
+    result = runner.invoke(app, ["profile", str(pruned_dir), "--batch-size", "2", "--warmup", "0", "--iters", "1",
+                                 "--image-size", "32", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["params"] > 0 and str(out) in result.output
+
+
+def test_recover_builds_configs_from_yaml_and_flags(tmp_path, monkeypatch):
+    demos = write_demos(tmp_path / "demos")
+    config = tmp_path / "recover.yaml"
+    config.write_text(
+        f"sft: {{data: {demos}, steps: 50, batch_size: 2}}\nrl: {{total_env_steps: 1000, num_envs: 2}}\n"
+    )
+    seen = {}
+
+    def fake_recover(model, sft=None, rl=None):
+        seen.update(sft=sft, rl=rl)
+        return model
+
+    monkeypatch.setattr(vla_compress.recovery, "recover", fake_recover, raising=False)
+    out = tmp_path / "recovered"
+    result = runner.invoke(
+        app,
+        [
+            "recover",
+            "tiny",
+            "--config",
+            str(config),
+            "--sft-steps",
+            "3",
+            "--rl-tasks",
+            "ood",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (seen["sft"].steps, seen["sft"].batch_size, len(seen["sft"].data)) == (3, 2, 6)
+    assert (seen["rl"].total_env_steps, seen["rl"].num_envs, seen["rl"].tasks) == (1000, 2, "ood")
+    assert seen["rl"].output_dir == out / "runs" / "ppo"
+    assert (out / "config.json").is_file()
+
+
+def test_recover_rejects_unknown_yaml_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        vla_compress.recovery, "recover", lambda model, sft=None, rl=None: model, raising=False
+    )
+    config = tmp_path / "recover.yaml"
+    config.write_text("rl: {total_env_stepz: 10}\n")
+    result = runner.invoke(app, ["recover", "tiny", "--config", str(config), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "total_env_stepz" in result.output
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and all(command in result.output for command in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_every_command_has_an_example(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and f"vla-compress {command}" in result.output

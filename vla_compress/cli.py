@@ -1,0 +1,453 @@
+"""The `vla-compress` command line: one command per API verb (info, prune, quantize, recover, evaluate, ...).
+
+Every command that changes a model loads it with `load_vla`, writes a `save_pretrained` directory
+to `--output` and prints where. Bad input (an unknown preset, a ratio out of range, unsupported
+bits, a missing backend) exits with code 2 and a one-line message naming the argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="vla-compress",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Prune, recover and quantize vision-language-action policies such as OpenVLA.",
+)
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="A preset (tiny, tiny-maniskill, openvla-7b), a local checkpoint "
+        "directory, or a hub id such as openvla/openvla-7b."
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where to load the model: cpu, cuda, cuda:1, or meta (presets only: shapes without memory)."
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(help="float32, bfloat16, float16 (or fp32/bf16/fp16); default: the stored dtype."),
+]
+TASKS_HELP = "ind, ood, all, a task id, or comma-separated task ids (e.g. red_cube_on_blue_plate)."
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn our argument errors into a one-line message and exit code 2 (no traceback)."""
+    try:
+        yield
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def load_model(name_or_path: str, device: str, dtype: str | None):
+    """`load_vla`; on the meta device the model is built without allocating its weights."""
+    import torch
+
+    from vla_compress import load_vla
+
+    if device != "meta":
+        return load_vla(name_or_path, device=device, dtype=dtype)
+    with torch.device("meta"):
+        return load_vla(name_or_path, device="meta", dtype=dtype)
+
+
+def parse_tasks(tasks: str) -> str | list[str]:
+    """ "ind" stays a name; "a,b" becomes a list of task ids."""
+    return [t.strip() for t in tasks.split(",") if t.strip()] if "," in tasks else tasks
+
+
+def demo_samples(path: Path, count: int) -> list[dict[str, Any]]:
+    """`count` samples spread evenly over a demo directory written by `vla-compress demos`."""
+    from vla_compress.data import DemoDataset
+
+    if count < 1:
+        raise ValueError(f"calibration_samples={count} is invalid; allowed: a positive int")
+    dataset = DemoDataset(path)
+    step = max(1, len(dataset) // count)
+    return [dataset[i] for i in range(0, len(dataset), step)][:count]
+
+
+def image_batches(samples: list[dict[str, Any]], batch_size: int) -> list[tuple[Any, list[str]]]:
+    """Samples -> `(images uint8 [B, H, W, 3], instructions)` batches (GPTQ calibration)."""
+    import numpy as np
+
+    return [
+        (
+            np.stack([s["image"] for s in samples[i : i + batch_size]]),
+            [s["instruction"] for s in samples[i : i + batch_size]],
+        )
+        for i in range(0, len(samples), batch_size)
+    ]
+
+
+def size_table(model) -> list[str]:
+    """Parameters and bytes per component, one aligned row each."""
+    from vla_compress import component_sizes
+
+    rows = [f"{'component':<16}{'parameters':>16}{'MiB':>12}"]
+    for name, size in component_sizes(model).items():
+        rows.append(f"{name:<16}{size.params:>16,}{size.bytes / 2**20:>12.2f}")
+    return rows
+
+
+def pruning_state(config) -> list[str]:
+    """Per-layer widths of a pruned model, or 'dense'."""
+    widths = config.llm_layer_widths
+    if not widths:
+        return ["pruning: dense (every decoder layer at the config's width)"]
+    rows = ["pruning: per-layer widths (heads / KV heads / MLP channels)"]
+    for i, width in enumerate(widths):
+        rows.append(
+            f"  layer {i:>3}: {width['num_attention_heads']} / {width['num_key_value_heads']} / "
+            f"{width['intermediate_size']}"
+        )
+    return rows
+
+
+def quantization_state(config) -> list[str]:
+    """The recorded quantization settings, or 'none'."""
+    settings = config.quantization
+    if not settings:
+        return ["quantization: none"]
+    shown = {key: value for key, value in settings.items() if key != "modules"}
+    return [f"quantization: {json.dumps(shown)}", f"  {len(settings.get('modules', []))} quantized modules"]
+
+
+@app.command()
+def info(model: ModelArg, device: DeviceOpt = "cpu", dtype: DtypeOpt = None) -> None:
+    """Print parameters and bytes per component, the pruning state and the quantization state.
+
+    \b
+    Example:
+        vla-compress info tiny
+        vla-compress info openvla-7b --device meta --dtype bf16
+    """
+    with user_errors():
+        loaded = load_model(model, device, dtype)
+    typer.echo(f"model: {model}")
+    typer.echo(
+        "\n".join([*size_table(loaded), *pruning_state(loaded.config), *quantization_state(loaded.config)])
+    )
+
+
+@app.command()
+def prune(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the pruned checkpoint.")],
+    ratio: Annotated[
+        float, typer.Option(help="Fraction to remove, strictly between 0 and 1 (see docs/pruning.md).")
+    ],
+    importance: Annotated[
+        str | None, typer.Option(help="block method: taylor (default), l1, l2, random.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="block, flap, magnitude or wanda.")] = "block",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Demo directory (from `vla-compress demos`) for taylor, flap and wanda."),
+    ] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Samples drawn evenly from --calibration.")] = 64,
+    round_to: Annotated[
+        int | None, typer.Option(help="Kept widths are multiples of this (structured methods).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 4,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Prune the language model's decoder layers and save the result (reloads with load_vla).
+
+    \b
+    Example:
+        vla-compress prune tiny --ratio 0.5 --importance l2 -o tiny-pruned
+        vla-compress prune tiny-maniskill --ratio 0.9 --calibration demos -o p90
+    """
+    from vla_compress import prune as prune_model
+
+    with user_errors():
+        loaded = load_model(model, device, dtype)
+        samples = demo_samples(calibration, calibration_samples) if calibration is not None else None
+        pruned = prune_model(
+            loaded,
+            ratio,
+            importance=importance,
+            method=method,
+            calibration=samples,
+            round_to=round_to,
+            batch_size=batch_size,
+        )
+    pruned.save_pretrained(output)
+    report = pruned.prune_report
+    (output / "prune_report.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    typer.echo(report.summary())
+    typer.echo(f"saved the pruned model to {output}")
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the quantized checkpoint.")],
+    bits: Annotated[int, typer.Option(help="4 or 8.")] = 4,
+    method: Annotated[str, typer.Option(help="bnb (bitsandbytes NF4 / LLM.int8), gptq, or quanto.")] = "bnb",
+    calibration: Annotated[Path | None, typer.Option(help="Demo directory; required by gptq.")] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Samples drawn evenly from --calibration.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size (gptq).")] = 4,
+    include_lm_head: Annotated[bool, typer.Option(help="Quantize the output head too.")] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Quantize the language model's decoder linears and save the result (reloads with load_vla).
+
+    \b
+    Example:
+        vla-compress quantize tiny-pruned --bits 4 --method bnb -o tiny-4bit
+        vla-compress quantize p90 --method gptq --calibration demos -o p90-gptq
+    """
+    from vla_compress.quantization import quantize as quantize_model
+
+    with user_errors():
+        loaded = load_model(model, device, dtype)
+        samples = demo_samples(calibration, calibration_samples) if calibration is not None else None
+        batches = image_batches(samples, batch_size) if samples is not None else None
+        quantized = quantize_model(
+            loaded, bits, method=method, include_lm_head=include_lm_head, calibration=batches
+        )
+    quantized.save_pretrained(output)
+    typer.echo("\n".join(size_table(quantized)))
+    typer.echo(f"saved the {bits}-bit ({method}) model to {output}")
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    """The `sft:` and `rl:` sections of a recovery config file (empty when no file)."""
+    import yaml
+
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ValueError(f"config={str(path)!r} is not a file")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"sft", "rl"}
+    if not isinstance(data, dict) or unknown:
+        raise ValueError(f"config={str(path)!r} has unknown sections {sorted(unknown)}; allowed: sft, rl")
+    return data
+
+
+def build_config(cls: type, values: dict[str, Any], section: str):
+    """A config dataclass from YAML/flag values, naming unknown keys."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{section} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    return cls(**values)
+
+
+def given(**flags: Any) -> dict[str, Any]:
+    """The flags the user set (None means 'not given', so YAML values stay)."""
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+@app.command()
+def recover(
+    model: ModelArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Directory for the recovered checkpoint; training logs go to OUTPUT/runs/."
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML with `sft:` (SFTConfig fields) and `rl:` (PPOConfig fields); flags override it."
+        ),
+    ] = None,
+    sft_data: Annotated[Path | None, typer.Option(help="Demo directory; enables the SFT stage.")] = None,
+    sft_steps: Annotated[int | None, typer.Option(help="SFT optimizer steps (default 10000).")] = None,
+    sft_batch_size: Annotated[int | None, typer.Option(help="SFT batch size (default 32).")] = None,
+    sft_lr: Annotated[float | None, typer.Option(help="SFT peak learning rate (default 2e-4).")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="LoRA rank for SFT; default full fine-tuning.")
+    ] = None,
+    rl_steps: Annotated[
+        int | None, typer.Option(help="PPO env steps (paper: 600000); enables the RL stage.")
+    ] = None,
+    rl_num_envs: Annotated[int | None, typer.Option(help="Parallel envs for PPO (default 64).")] = None,
+    rl_tasks: Annotated[str | None, typer.Option(help=f"PPO tasks: {TASKS_HELP}")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Recover a pruned model with SFT on demonstrations, then PPO in the simulator.
+
+    \b
+    Example:
+        vla-compress recover p90 --sft-data demos --sft-steps 1000 -o p90-sft
+        vla-compress recover p90 --config recover.yaml -o p90-rec
+    \b
+    recover.yaml:
+        sft: {data: demos, steps: 10000, batch_size: 32}
+        rl: {total_env_steps: 600000, num_envs: 64, tasks: ind}
+    """
+    with user_errors():
+        from vla_compress.recovery import recover as recover_model
+
+        sft_flags = given(
+            data=sft_data, steps=sft_steps, batch_size=sft_batch_size, lr=sft_lr, lora_rank=lora_rank
+        )
+        rl_flags = given(
+            total_env_steps=rl_steps, num_envs=rl_num_envs, tasks=parse_tasks(rl_tasks) if rl_tasks else None
+        )
+        sft, rl = recovery_configs(read_yaml(config), output / "runs", device, sft_flags, rl_flags)
+        if sft is None and rl is None:
+            raise ValueError("nothing to do: give --sft-data and/or --rl-steps (or a --config with sft/rl)")
+        loaded = load_model(model, device, dtype)
+        recovered = recover_model(loaded, sft=sft, rl=rl)
+    recovered.save_pretrained(output)
+    typer.echo(f"saved the recovered model to {output} (training logs in {output / 'runs'})")
+
+
+def recovery_configs(
+    yaml_config: dict[str, Any], runs: Path, device: str, sft_flags: dict[str, Any], rl_flags: dict[str, Any]
+) -> tuple[Any, Any]:
+    """SFTConfig / PPOConfig (or None for a stage not asked for) from YAML values and flags."""
+    from vla_compress.data import DemoDataset
+    from vla_compress.recovery.ppo import PPOConfig
+    from vla_compress.recovery.sft import SFTConfig
+
+    sft_values = {**(yaml_config.get("sft") or {}), **sft_flags}
+    rl_values = {**(yaml_config.get("rl") or {}), **rl_flags}
+    sft = rl = None
+    if sft_values:
+        if "data" not in sft_values:
+            raise ValueError("sft_data is required for the SFT stage: a demo directory")
+        sft_values["data"] = DemoDataset(sft_values["data"])
+        sft = build_config(SFTConfig, {"output_dir": runs / "sft", "device": device, **sft_values}, "sft")
+    if rl_values:
+        rl = build_config(PPOConfig, {"output_dir": runs / "ppo", "device": device, **rl_values}, "rl")
+    return sft, rl
+
+
+@app.command()
+def evaluate(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file for the results.")] = Path(
+        "evaluation.json"
+    ),
+    tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = "all",
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
+    num_envs: Annotated[int, typer.Option(help="Parallel simulator workers.")] = 1,
+    max_episode_steps: Annotated[
+        int | None, typer.Option(help="Episode length (default: the suite's, 60).")
+    ] = None,
+    image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
+    unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Success rate on the ManiSkill3 suite (in-distribution and held-out tasks); needs the simulator.
+
+    \b
+    Example:
+        vla-compress evaluate p90-rec --tasks ood --episodes 10 -o ood.json
+    """
+    from vla_compress.evaluation import evaluate as evaluate_policy
+
+    with user_errors():
+        loaded = load_model(model, device, dtype)
+        result = evaluate_policy(
+            loaded,
+            tasks=parse_tasks(tasks),
+            episodes_per_task=episodes,
+            num_envs=num_envs,
+            seed=seed,
+            image_size=image_size,
+            max_episode_steps=max_episode_steps,
+            unnorm_key=unnorm_key,
+            output=output,
+        )
+    for name, rate in (
+        ("IND", result.ind_success_rate),
+        ("OOD", result.ood_success_rate),
+        ("mean", result.mean_success_rate),
+    ):
+        if rate is not None:
+            typer.echo(f"{name} success rate: {rate:.3f}")
+    typer.echo(f"wrote per-task results to {output}")
+
+
+@app.command()
+def demos(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the HDF5 episodes and norm_stats.json.")],
+    tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = "ind",
+    episodes_per_task: Annotated[int, typer.Option(help="Successful expert episodes kept per task.")] = 40,
+    image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
+    num_workers: Annotated[int, typer.Option(help="Parallel simulator workers.")] = 1,
+    max_episode_steps: Annotated[
+        int | None, typer.Option(help="Episode length (default: the suite's, 60).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
+) -> None:
+    """Record scripted-expert demonstrations in the ManiSkill3 suite; needs the simulator.
+
+    \b
+    Example:
+        vla-compress demos demos --tasks ind --episodes-per-task 40 --image-size 128
+    """
+    from vla_compress.data import generate_demos
+
+    with user_errors():
+        summary = generate_demos(
+            out_dir,
+            tasks=parse_tasks(tasks),
+            episodes_per_task=episodes_per_task,
+            image_size=image_size,
+            seed=seed,
+            num_workers=num_workers,
+            max_episode_steps=max_episode_steps,
+        )
+    typer.echo(f"expert success rate {summary['expert_success_rate']:.2f}, {summary['megabytes']:.1f} MB")
+    typer.echo(f"wrote demonstrations to {out_dir}")
+
+
+@app.command()
+def profile(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file for the results.")] = Path(
+        "profile.json"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Batch size of the throughput measurement.")] = 8,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 3,
+    iters: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 20,
+    image_size: Annotated[int, typer.Option(help="Camera frame size fed to the processor.")] = 128,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Bytes, peak memory, batch-1 latency and throughput of predict_action.
+
+    \b
+    Example:
+        vla-compress profile p90-4bit --batch-size 8 --iters 20 -o p90-4bit.json
+    """
+    from vla_compress.evaluation import profile as profile_model
+
+    with user_errors():
+        loaded = load_model(model, device, dtype)
+        result = profile_model(loaded, batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result.to_dict(), indent=2))
+    typer.echo(f"{result.model_bytes / 2**20:.1f} MiB, latency {result.latency_ms_median:.1f} ms (median, batch 1), "
+               f"{result.throughput_batch:.1f} actions/s at batch {batch_size}")
+    typer.echo(f"wrote the profile to {output}")

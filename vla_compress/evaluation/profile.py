@@ -1,0 +1,148 @@
+"""Hardware profile of a policy: model bytes, peak memory, latency per action and throughput.
+
+Every model is measured by the same procedure, so rows of a table compare: random uint8 camera
+frames and instructions of the suite, `warmup` untimed calls, then `iters` timed calls of
+`predict_action` at batch 1 (latency, throughput) and at `batch_size` (throughput), with CUDA
+synchronisation around each call on a GPU.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_compress.envs.tasks import ALL_TASKS, instruction
+from vla_compress.modeling.size import component_sizes
+
+
+@dataclass
+class ProfileResult:
+    """Memory, latency and throughput of one model; `to_dict()` is JSON-ready.
+
+    `model_bytes` is the stored size of parameters and buffers (quantization scales included).
+    `peak_memory_bytes` is `torch.cuda.max_memory_allocated` during profiling on a GPU, or the
+    process's peak resident set size since it started (`peak_memory_kind` says which) on a CPU.
+    """
+
+    device: str
+    dtype: str
+    params: int
+    model_bytes: int
+    component_bytes: dict[str, int]
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_ms_mean: float
+    throughput_batch1: float  # actions per second at batch 1
+    throughput_batch: float  # actions per second at `batch_size`
+    batch_size: int
+    warmup: int
+    iters: int
+    image_size: int
+    torch_threads: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _validate(batch_size: int, warmup: int, iters: int, image_size: int, seed: int) -> None:
+    for name, value, low in (("batch_size", batch_size, 1), ("warmup", warmup, 0), ("iters", iters, 1),
+                             ("image_size", image_size, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        raise ValueError("model has no parameters")
+    actual = first.device
+    if device is None:
+        return actual
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a torch device") from error
+    if wanted.type != actual.type:
+        raise ValueError(f"device={device!r} but the model is on {actual}; move the model first")
+    return actual
+
+
+def _inputs(batch: int, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    images = rng.integers(0, 256, size=(batch, image_size, image_size, 3), dtype=np.uint8)
+    tasks = rng.choice(len(ALL_TASKS), size=batch)
+    return images, [instruction(ALL_TASKS[int(i)]) for i in tasks]
+
+
+def _timed_calls(model, device: torch.device, batch: int, warmup: int, iters: int, image_size: int,
+                 rng: np.random.Generator) -> list[float]:
+    """Seconds per `predict_action` call, fresh random inputs each call (inputs built outside the timer)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + iters):
+        images, texts = _inputs(batch, image_size, rng)
+        sync()
+        start = time.perf_counter()
+        model.predict_action(images, texts)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def profile(model: torch.nn.Module, batch_size: int = 8, warmup: int = 3, iters: int = 20,
+            device: str | torch.device | None = None, image_size: int = 128, seed: int = 0) -> ProfileResult:
+    """Profile `model.predict_action`: bytes, peak memory, batch-1 latency (median, p90), throughput.
+
+    `device` None uses the model's device; otherwise it must be the model's device type.
+    `image_size` is the camera frame size fed to the processor (the suite renders 128 px).
+    """
+    _validate(batch_size, warmup, iters, image_size, seed)
+    if not callable(getattr(model, "predict_action", None)):
+        raise ValueError("model must have predict_action(images, instructions)")
+    device = _model_device(model, device)
+    sizes = component_sizes(model)
+    rng = np.random.default_rng(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            single = _timed_calls(model, device, 1, warmup, iters, image_size, rng)
+            batched = _timed_calls(model, device, batch_size, warmup, iters, image_size, rng)
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        peak, kind = int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    else:
+        peak, kind = _peak_rss_bytes(), "process_peak_rss"
+    latencies = [1e3 * t for t in single]
+    return ProfileResult(
+        device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        params=sizes["total"].params, model_bytes=sizes["total"].bytes,
+        component_bytes={name: size.bytes for name, size in sizes.items()},
+        peak_memory_bytes=peak, peak_memory_kind=kind,
+        latency_ms_median=statistics.median(latencies),
+        latency_ms_p90=float(np.percentile(latencies, 90)),
+        latency_ms_mean=statistics.fmean(latencies),
+        throughput_batch1=len(single) / sum(single),
+        throughput_batch=batch_size * len(batched) / sum(batched),
+        batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size,
+        torch_threads=torch.get_num_threads(), latencies_ms=latencies,
+    )
