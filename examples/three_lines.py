@@ -1,7 +1,7 @@
 """The whole RLRC pipeline on a small policy: load, prune, recover (SFT), quantize, save, reload.
 
-    python examples/three_lines.py                      # tiny-maniskill if shipped, else tiny; synthetic samples
-    python examples/three_lines.py --demos demos        # SFT and calibration on `vla-compress demos` data
+    python examples/three_lines.py                 # tiny-maniskill if shipped, else tiny; synthetic samples
+    python examples/three_lines.py --demos demos   # SFT and calibration on `vla-compress demos` data
 
 Every stage is one call; the default arguments keep it to a minute on a laptop CPU.
 """
@@ -20,9 +20,14 @@ from vla_compress.envs import TASKS_IND, instruction
 def synthetic_samples(count: int, image_size: int = 64, seed: int = 0) -> list[dict]:
     """Random frames with suite instructions and actions in [-1, 1]: enough to exercise every stage."""
     rng = np.random.default_rng(seed)
-    return [{"image": rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8),
-             "instruction": instruction(TASKS_IND[i % len(TASKS_IND)]),
-             "action": rng.uniform(-1, 1, 7).astype(np.float32)} for i in range(count)]
+    return [
+        {
+            "image": rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8),
+            "instruction": instruction(TASKS_IND[i % len(TASKS_IND)]),
+            "action": rng.uniform(-1, 1, 7).astype(np.float32),
+        }
+        for i in range(count)
+    ]
 
 
 def demo_samples(path: Path, count: int) -> list[dict]:
@@ -61,18 +66,31 @@ def main() -> None:
 
     model = prune(model, ratio=args.ratio, importance="taylor", calibration=samples)
     print(model.prune_report.summary())
-    model = recover(model, sft=SFTConfig(data=samples, steps=args.sft_steps, batch_size=4,
-                                         warmup_steps=args.sft_steps // 10, progress=False))
+    model = recover(
+        model,
+        sft=SFTConfig(
+            data=samples,
+            steps=args.sft_steps,
+            batch_size=4,
+            warmup_steps=args.sft_steps // 10,
+            progress=False,
+        ),
+    )
     calibration = [(np.stack([s["image"] for s in samples]), [s["instruction"] for s in samples])]
     model = quantize(model, bits=args.bits, method=args.method, calibration=calibration)  # gptq uses it
     model.save_pretrained(args.output)
 
     reloaded = load_vla(args.output)
     images, instructions = calibration[0][0][:2], calibration[0][1][:2]
-    same = np.allclose(model.predict_action(images, instructions), reloaded.predict_action(images, instructions))
+    same = np.allclose(
+        model.predict_action(images, instructions), reloaded.predict_action(images, instructions)
+    )
     compressed = component_sizes(reloaded)["total"]
-    print(f"dense {dense.params / 1e6:.2f} M params, {dense.bytes / 2**20:.1f} MiB -> compressed "
-          f"{compressed.params / 1e6:.2f} M params, {compressed.bytes / 2**20:.1f} MiB ({args.bits}-bit {args.method})")
+    print(
+        f"dense {dense.params / 1e6:.2f} M params, {dense.bytes / 2**20:.1f} MiB -> compressed "
+        f"{compressed.params / 1e6:.2f} M params, {compressed.bytes / 2**20:.1f} MiB "
+        f"({args.bits}-bit {args.method})"
+    )
     print(f"saved to {args.output}; reloaded actions identical: {same}")
 
 

@@ -105,6 +105,8 @@ def test_quantize_a_pruned_checkpoint(pruned_dir, tmp_path):
     assert str(out) in result.output
     model = load_vla(out)
     assert model.config.quantization["bits"] == 4
+    shown = runner.invoke(app, ["info", str(out)]).output
+    assert '"method": "bnb"' in shown and "per-layer widths" in shown
     images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     assert model.predict_action(images, ["put the red cube on the blue plate"]).shape == (1, 7)
 
@@ -130,8 +132,23 @@ def test_bad_input_exits_2_with_one_line(args, argument, tmp_path, monkeypatch):
 
 def test_profile_writes_json(pruned_dir, tmp_path):
     out = tmp_path / "profile.json"
-    result = runner.invoke(app, ["profile", str(pruned_dir), "--batch-size", "2", "--warmup", "0", "--iters", "1",
-                                 "--image-size", "32", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "profile",
+            str(pruned_dir),
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--image-size",
+            "32",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["params"] > 0 and str(out) in result.output
 
@@ -172,6 +189,26 @@ def test_recover_builds_configs_from_yaml_and_flags(tmp_path, monkeypatch):
     assert (out / "config.json").is_file()
 
 
+def test_recover_runs_a_short_sft(tmp_path):
+    demos = write_demos(tmp_path / "demos")
+    out = tmp_path / "recovered"
+    args = [
+        "recover",
+        "tiny",
+        "--sft-data",
+        str(demos),
+        "--sft-steps",
+        "1",
+        "--sft-batch-size",
+        "2",
+        "-o",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_vla(out).config.norm_stats and (out / "runs" / "sft").is_dir()
+
+
 def test_recover_rejects_unknown_yaml_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(
         vla_compress.recovery, "recover", lambda model, sft=None, rl=None: model, raising=False
@@ -192,3 +229,15 @@ def test_help_of_every_command_has_an_example(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output and f"vla-compress {command}" in result.output
+
+
+@pytest.mark.sim
+def test_demos_and_evaluate_in_the_simulator(tmp_path):
+    task, demos, out = "red_cube_on_blue_plate", tmp_path / "demos", tmp_path / "eval.json"
+    result = runner.invoke(app, ["demos", str(demos), "--tasks", task, "--episodes-per-task", "1"])
+    assert result.exit_code == 0, result.output
+    assert (demos / "norm_stats.json").is_file() and str(demos) in result.output
+    options = ["--tasks", task, "--episodes", "1", "--max-episode-steps", "2", "--image-size", "64", "-o", str(out)]
+    result = runner.invoke(app, ["evaluate", "tiny", *options])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["success_rate"] == {task: 0.0}

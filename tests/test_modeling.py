@@ -10,7 +10,12 @@ import torch
 
 from vla_compress import load_vla
 from vla_compress.modeling import (
-    ActionTokenizer, OpenVLAForActionPrediction, build_model, component_sizes, normalize_actions, preset_config,
+    ActionTokenizer,
+    OpenVLAForActionPrediction,
+    build_model,
+    component_sizes,
+    normalize_actions,
+    preset_config,
     unnormalize_actions,
 )
 from vla_compress.modeling.presets import PRESETS

@@ -1,7 +1,12 @@
 """vla-compress: prune, recover and quantize vision-language-action policies such as OpenVLA."""
 
 from .modeling import (
-    ActionTokenizer, OpenVLAConfig, OpenVLAForActionPrediction, OpenVLAProcessor, component_sizes, load_vla,
+    ActionTokenizer,
+    OpenVLAConfig,
+    OpenVLAForActionPrediction,
+    OpenVLAProcessor,
+    component_sizes,
+    load_vla,
 )
 from .pruning import PruneReport, prune
 from .quantization import quantize

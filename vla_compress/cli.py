@@ -445,9 +445,13 @@ def profile(
 
     with user_errors():
         loaded = load_model(model, device, dtype)
-        result = profile_model(loaded, batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size)
+        result = profile_model(
+            loaded, batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result.to_dict(), indent=2))
-    typer.echo(f"{result.model_bytes / 2**20:.1f} MiB, latency {result.latency_ms_median:.1f} ms (median, batch 1), "
-               f"{result.throughput_batch:.1f} actions/s at batch {batch_size}")
+    typer.echo(
+        f"{result.model_bytes / 2**20:.1f} MiB, latency {result.latency_ms_median:.1f} ms (median, batch 1), "
+        f"{result.throughput_batch:.1f} actions/s at batch {batch_size}"
+    )
     typer.echo(f"wrote the profile to {output}")

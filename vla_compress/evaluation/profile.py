@@ -113,7 +113,7 @@ def profile(model: torch.nn.Module, batch_size: int = 8, warmup: int = 3, iters:
     """
     _validate(batch_size, warmup, iters, image_size, seed)
     if not callable(getattr(model, "predict_action", None)):
-        raise ValueError("model must have predict_action(images, instructions)")
+        raise ValueError("model must have predict_action(images, instructions)")  # noqa: TRY004
     device = _model_device(model, device)
     sizes = component_sizes(model)
     rng = np.random.default_rng(seed)

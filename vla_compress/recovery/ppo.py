@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from vla_compress.recovery.distributed import make_accelerator
 from vla_compress.recovery.metrics import MetricsLogger
 from vla_compress.recovery.rollout import (
     RolloutBuffer,
@@ -378,15 +379,10 @@ def _saved_config(config: PPOConfig) -> dict[str, Any]:
 # ---- the training loop ------------------------------------------------------------------------------------
 def train_ppo(model, config: PPOConfig) -> Any:
     """Fine-tune `model` (an `OpenVLAForActionPrediction`) with PPO in `config`'s envs; returns it."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
     config.validate()
     if getattr(model, "processor", None) is None:
         raise ValueError("the model has no processor; load it with vla_compress.load_vla(...)")
-    device_type = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # the VLA has parameters the action pass never uses (e.g. the ViT's last block): let DDP skip them
-    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(cpu=torch.device(device_type).type == "cpu", kwargs_handlers=[ddp_kwargs])
+    accelerator = make_accelerator(config.device)
     rank, world = accelerator.process_index, accelerator.num_processes
     batch_size = config.steps_per_rollout * config.num_envs  # per process
     num_updates = config.total_env_steps // (batch_size * world)

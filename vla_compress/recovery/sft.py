@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..modeling import OpenVLAForActionPrediction, normalize_actions
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .distributed import make_accelerator
 from .metrics import MetricsLogger
 
 Sample = dict[str, Any]  # {"image": uint8 [H, W, 3], "instruction": str, "action": float32 [7]}
@@ -124,16 +125,25 @@ def _apply_lora(model: OpenVLAForActionPrediction, rank: int) -> None:
     inject_adapter_in_model(config, model)
 
 
+class ActionLoss(torch.nn.Module):
+    """The model's action loss as a `forward`, so DDP (multi-process) sees the call and syncs gradients."""
+
+    def __init__(self, model: OpenVLAForActionPrediction) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.model.action_loss(**batch)
+
+
 def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAForActionPrediction:
     """Fine-tune `model` on `config.data`; returns the trained model (LoRA weights merged)."""
-    from accelerate import Accelerator
-
     config.validate()
     if model.processor is None:
         raise ValueError("model has no processor: load it with vla_compress.load_vla(...)")
     if (stats := _norm_stats_of(config.data)) is not None:
         model.config.norm_stats = stats
-    accelerator = Accelerator(cpu=config.device == "cpu", gradient_accumulation_steps=config.grad_accum)
+    accelerator = make_accelerator(config.device, config.grad_accum)
     torch.manual_seed(config.seed)
     if config.lora_rank:
         _apply_lora(model, config.lora_rank)
@@ -151,7 +161,7 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    prepared, optimizer, scheduler = accelerator.prepare(ActionLoss(model), optimizer, scheduler)
     logger = MetricsLogger(config.output_dir) if config.output_dir and accelerator.is_main_process else None
     bar = tqdm(total=config.steps, initial=step, desc="sft", disable=not (config.progress and accelerator.is_main_process))
     n, t0 = len(config.data), time.time()
@@ -163,7 +173,7 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
             batch = make_batch(model, samples, config.unnorm_key, rng if config.augment else None)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(prepared):
-                loss = accelerator.unwrap_model(prepared).action_loss(**batch)
+                loss = prepared(**batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; the last good checkpoint "
                                              f"in {config.output_dir} is intact (try a lower lr)")

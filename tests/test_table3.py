@@ -1,0 +1,83 @@
+"""`evaluation.profile` (fast, tiny model) and the Table III benchmark's smoke run (simulator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vla_compress import component_sizes, load_vla
+from vla_compress.evaluation import ProfileResult, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = ["dense", "vla_cache", "dense_4bit", "llm_pruner20", "rlrc", "rlrc_4bit"]
+COLUMNS = ["ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_vla("tiny")
+
+
+def test_profile_fields_and_bytes(tiny):
+    result = profile(tiny, batch_size=2, warmup=1, iters=3, image_size=64)
+    assert isinstance(result, ProfileResult)
+    data = json.loads(json.dumps(result.to_dict()))  # JSON-serialisable
+    assert data["model_bytes"] == component_sizes(tiny)["total"].bytes
+    assert data["params"] == component_sizes(tiny)["total"].params
+    assert data["latency_ms_median"] > 0 and data["latency_ms_p90"] >= data["latency_ms_median"] * 0.999
+    assert data["throughput_batch1"] > 0 and data["throughput_batch"] > 0
+    assert len(data["latencies_ms"]) == 3 and data["batch_size"] == 2
+    assert data["peak_memory_bytes"] > 0 and data["peak_memory_kind"] == "process_peak_rss"
+    assert data["device"] == "cpu" and data["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"batch_size": 0}, "batch_size"), ({"warmup": -1}, "warmup"), ({"iters": 0}, "iters"),
+    ({"image_size": 0}, "image_size"), ({"seed": -1}, "seed"), ({"iters": 2.5}, "iters"),
+    ({"device": "cuda"}, "device"), ({"device": "nonsense"}, "device"),
+])
+def test_profile_rejects_bad_arguments(tiny, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        profile(tiny, **kwargs)
+
+
+def test_profile_rejects_non_policy():
+    with pytest.raises(ValueError, match="predict_action"):
+        profile(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_table3_smoke(tmp_path):
+    pytest.importorskip("mani_skill")
+    env = {**os.environ, "MS_SKIP_ASSET_DOWNLOAD_PROMPT": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "table3"
+    command = [sys.executable, str(ROOT / "benchmarks" / "table3.py"), "--preset", "smoke", "--output-dir", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    table = json.loads((out / "table3.json").read_text())
+    assert [r["key"] for r in table["rows"]] == ROW_KEYS
+    for r in table["rows"]:
+        assert all(c in r and c in r["ratios"] for c in COLUMNS), r
+        if r["status"] == "ok":
+            assert all(r[c] is not None for c in COLUMNS), r
+    dense = table["rows"][0]
+    assert all(dense["ratios"][c] == 1.0 for c in COLUMNS)
+    assert table["rows"][1]["status"] == "not reproduced" and table["rows"][1]["note"]
+    assert {"platform", "cpu_count", "torch_threads", "date"} <= set(table["machine"])
+    assert set(table["stages"]) == {"dense", "pruned 90%", "+SFT", "+PPO"}
+    markdown = (out / "table3.md").read_text()
+    assert "RLRC-4bit" in markdown and "paper's Table III" in markdown and "89.06" in markdown
+    for figure in ("fig9_stages.png", "fig8_curves.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0 and "cached" in again.stdout and "running" not in again.stdout
