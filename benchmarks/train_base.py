@@ -72,6 +72,16 @@ class InMemory(list):
         self.norm_stats = norm_stats
 
 
+def cached_evaluation(model, path: Path, args: argparse.Namespace) -> dict:
+    """IND + OOD success of `model`; reuses `path` when an earlier run of the same settings wrote it."""
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["episodes_per_task"] == args.eval_episodes and cached["seed"] == args.seed:
+            return cached
+    return evaluate(model, tasks="all", episodes_per_task=args.eval_episodes, num_envs=args.num_envs,
+                    seed=args.seed, image_size=args.image_size, output=path).to_dict()
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -95,16 +105,15 @@ def main() -> None:
         checkpoint_every=250, output_dir=out / "sft", seed=args.seed, device=args.device))
     train_seconds = time.time() - start
     model.eval()
-    result = evaluate(model, tasks="all", episodes_per_task=args.eval_episodes, num_envs=args.num_envs,
-                      seed=args.seed, image_size=args.image_size, output=out / "eval.json")
+    result = cached_evaluation(model, out / "eval.json", args)
     checkpoint = latest_checkpoint(out / "sft")
     card = {
         "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "train_samples": len(train), "demo_episodes": dataset.num_episodes, "ind_tasks": len(TASKS_IND),
         "train_seconds_this_run": round(train_seconds, 1), "checkpoint": str(checkpoint),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
-        "ind_success_rate": result.ind_success_rate, "ood_success_rate": result.ood_success_rate,
-        "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result.mean_episode_length,
+        "ind_success_rate": result["ind_success_rate"], "ood_success_rate": result["ood_success_rate"],
+        "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result["mean_episode_length"],
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     print(json.dumps(card, indent=2))
