@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install a Vulkan driver that SAPIEN / ManiSkill3 can render with on a CPU-only Debian bookworm machine:
-# Mesa lavapipe >= 25 from bookworm-backports. Idempotent; run as root (CI) or through sudo.
+# System parts of the simulators on a CPU-only Debian bookworm machine: EGL / OSMesa for MuJoCo (LIBERO) and a
+# Vulkan driver that SAPIEN / ManiSkill3 can render with (Mesa lavapipe >= 25 from bookworm-backports).
+# Idempotent; run as root (CI) or through sudo.
 set -euo pipefail
 
 MIN_MESA_MAJOR=25
@@ -9,6 +10,16 @@ SOURCE_FILE=/etc/apt/sources.list.d/backports.sources
 if [ "$(id -u)" -ne 0 ]; then
     echo "install_system_deps.sh: run as root (e.g. sudo $0)" >&2
     exit 1
+fi
+
+missing=""
+for package in libegl1 libosmesa6; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
 fi
 
 installed="$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)"

@@ -9,9 +9,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vla_compress.envs.libero import LIBERO_SUITES, make_libero_env
 from vla_compress.envs.tasks import instruction, resolve_tasks
 
-SUITES = ("maniskill",)
+SUITES = ("maniskill", *LIBERO_SUITES)
 SIM_BACKENDS = ("physx_cpu", "physx_cuda")
 CONTROL_MODE = "pd_ee_delta_pose"
 VULKAN_HELP = (
@@ -154,7 +155,13 @@ def make_env(
     rotation delta, gripper target -1 closed / +1 open). Episodes never terminate early; they truncate
     after ``max_episode_steps``. ``physx_cpu`` uses ``AsyncVectorEnv`` (spawn) over ``CPUGymWrapper``
     workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU).
+
+    ``suite="libero_spatial"`` or ``"libero_10"`` returns :func:`~vla_compress.envs.libero.make_libero_env`
+    (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'
+    for all ten; ``sim_backend`` does not apply).
     """
+    if suite in LIBERO_SUITES:
+        return make_libero_env(suite, tasks, num_envs, image_size, seed, max_episode_steps)
     from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
 
     if suite not in SUITES:
