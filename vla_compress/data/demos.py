@@ -20,13 +20,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from vla_compress.data.hdf5_files import ProcessLocalFiles
 from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
 
 DATASET_NAME = "maniskill_put_cube_on_plate"
@@ -211,22 +213,14 @@ class DemoDataset:
                     self._index += [(fi, name, t) for t in range(group["actions"].shape[0])]
         if not self._index:
             raise ValueError(f"dataset {str(self.path)!r} has no episodes")
-        self._handles: dict[int, h5py.File] = {}
-        self._pid = os.getpid()
+        self._h5 = ProcessLocalFiles(self._files)
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def _file(self, fi: int) -> h5py.File:
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if fi not in self._handles:
-            self._handles[fi] = h5py.File(self._files[fi], "r")
-        return self._handles[fi]
-
     def __getitem__(self, idx: int) -> dict[str, Any]:
         fi, name, t = self._index[idx]
-        group = self._file(fi)[name]
+        group = self._h5[fi][name]
         task, text = self._meta[fi, name]
         action = group["actions"][t].astype(np.float32)
         return {"image": group["rgb"][t], "instruction": text, "action": action, "task": task, "episode": name}

@@ -25,7 +25,6 @@ them needs TensorFlow (``tensorflow_datasets``), which this package does not dep
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ import h5py
 import numpy as np
 
 from vla_compress.data.demos import ACTION_MASK, _stats, _task_files
+from vla_compress.data.hdf5_files import ProcessLocalFiles
 
 GRIPPER_CONVENTIONS = ("signed", "unit")
 
@@ -112,8 +112,7 @@ class LiberoDataset:
                     self._index += [(fi, name, int(t)) for t in steps]
         if not self._index:
             raise ValueError(f"dataset {str(self.path)!r} has no demo steps")
-        self._handles: dict[int, h5py.File] = {}
-        self._pid = os.getpid()
+        self._h5 = ProcessLocalFiles(self._files)
         self._row: dict[tuple[int, str], dict[int, int]] = {key: {} for key in self._actions}
         for fi, name, t in self._index:  # raw step t -> its row among the kept actions
             rows = self._row[fi, name]
@@ -122,16 +121,9 @@ class LiberoDataset:
     def __len__(self) -> int:
         return len(self._index)
 
-    def _file(self, fi: int) -> h5py.File:
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if fi not in self._handles:
-            self._handles[fi] = h5py.File(self._files[fi], "r")
-        return self._handles[fi]
-
     def __getitem__(self, idx: int) -> dict[str, Any]:
         fi, name, t = self._index[idx]
-        obs = self._file(fi)["data"][name]["obs"]
+        obs = self._h5[fi]["data"][name]["obs"]
         task, text = self._meta[fi]
         proprio = [obs[k][t] for k in ("ee_states", "gripper_states") if k in obs]
         item = {

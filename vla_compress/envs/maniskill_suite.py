@@ -84,7 +84,7 @@ class PutCubeOnPlateEnv(BaseEnv):
             self.scene, CUBE_HALF, COLOURS["green"], name, scene_idxs=idx,
             initial_pose=sapien.Pose(p=[0.1, 0, CUBE_HALF])))
         self.plate, self.distractor_plate = (
-            self._per_scene(label, lambda name, idx: actors.build_cylinder(
+            self._per_scene(label, lambda name, idx, x=x: actors.build_cylinder(
                 self.scene, PLATE_RADIUS, PLATE_HALF_THICKNESS, COLOURS["blue"], name, body_type="kinematic",
                 scene_idxs=idx, initial_pose=sapien.Pose(p=[x, 0.2, PLATE_HALF_THICKNESS], q=_PLATE_QUAT)))
             for label, x in (("plate", 0.0), ("distractor_plate", 0.1))

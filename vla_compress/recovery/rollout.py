@@ -28,7 +28,9 @@ class RolloutBuffer:
 
     @classmethod
     def allocate(cls, num_steps: int, num_envs: int, image_shape: tuple[int, ...]) -> RolloutBuffer:
-        zeros = lambda: torch.zeros(num_steps, num_envs)
+        def zeros() -> torch.Tensor:
+            return torch.zeros(num_steps, num_envs)
+
         return cls(
             images=np.zeros((num_steps, num_envs, *image_shape), dtype=np.uint8),
             instructions=np.empty((num_steps, num_envs), dtype=object),

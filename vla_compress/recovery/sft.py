@@ -161,10 +161,13 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-    prepared, optimizer, scheduler = accelerator.prepare(ActionLoss(model), optimizer, scheduler)
-    logger = MetricsLogger(config.output_dir) if config.output_dir and accelerator.is_main_process else None
-    bar = tqdm(total=config.steps, initial=step, desc="sft", disable=not (config.progress and accelerator.is_main_process))
-    n, t0 = len(config.data), time.time()
+    # The scheduler is stepped here once per optimizer update, not by accelerate (which would step it once
+    # per process).
+    prepared, optimizer = accelerator.prepare(ActionLoss(model), optimizer)
+    main_process = accelerator.is_main_process
+    logger = MetricsLogger(config.output_dir) if config.output_dir and main_process else None
+    bar = tqdm(total=config.steps, initial=step, desc="sft", disable=not (config.progress and main_process))
+    n, t0, first_step = len(config.data), time.time(), step
     while step < config.steps:
         loss_sum = 0.0
         for micro in range(config.grad_accum):
@@ -175,8 +178,8 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
             with accelerator.accumulate(prepared):
                 loss = prepared(**batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; the last good checkpoint "
-                                             f"in {config.output_dir} is intact (try a lower lr)")
+                    raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; the last good "
+                                             f"checkpoint in {config.output_dir} is intact (try a lower lr)")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -189,15 +192,19 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if logger and step % config.log_every == 0:
             logger.log(step, {"losses/action_loss": loss_sum, "charts/lr": scheduler.get_last_lr()[0],
-                              "charts/grad_norm": float(grad_norm), "charts/steps_per_s": step / (time.time() - t0)})
+                              "charts/grad_norm": float(grad_norm),
+                              "charts/steps_per_s": (step - first_step) / (time.time() - t0)})
         if step % config.eval_every == 0 or step == config.steps:
-            metrics = held_out_metrics(model, config.eval_data, unnorm_key=config.unnorm_key) if config.eval_data else {}
+            metrics = {}
+            if config.eval_data:
+                metrics = held_out_metrics(model, config.eval_data, unnorm_key=config.unnorm_key)
             if config.eval_fn is not None:
                 metrics.update(config.eval_fn(model))
             if logger and metrics:
                 logger.log(step, metrics)
             model.train()
-        if config.output_dir and accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
+        due = step % config.checkpoint_every == 0 or step == config.steps
+        if config.output_dir and main_process and due:
             save_checkpoint(config.output_dir, step, model, {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     bar.close()
