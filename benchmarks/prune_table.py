@@ -22,18 +22,19 @@ def make(preset: str) -> OpenVLAForActionPrediction:
     return build_model(preset_config(preset))
 
 
+def row(preset: str, ratio: str, sizes: dict, widths: str) -> str:
+    llm = sizes["language_model"]
+    return (f"| {preset} | {ratio} | {sizes['total'].params / 1e6:,.2f} M | {llm.params / 1e6:,.2f} M "
+            f"| {llm.bytes / 2**20:,.1f} MiB | {widths} |")
+
+
 def rows(preset: str) -> list[str]:
-    dense = component_sizes(make(preset))
-    out = [(f"| {preset} | dense | {dense['total'].params / 1e6:,.2f} M | {dense['language_model'].params / 1e6:,.2f} M "
-            f"| {dense['language_model'].bytes / 2**20:,.1f} MiB | - |")]
+    out = [row(preset, "dense", component_sizes(make(preset)), "-")]
     for ratio in RATIOS:
         model = prune(make(preset), ratio, importance="l1")  # the criterion does not change the counts
-        sizes, width = component_sizes(model), model.prune_report.layer_widths[1]
-        out.append(
-            f"| {preset} | {ratio} | {sizes['total'].params / 1e6:,.2f} M | {sizes['language_model'].params / 1e6:,.2f} M "
-            f"| {sizes['language_model'].bytes / 2**20:,.1f} MiB | {width['num_attention_heads']} heads, "
-            f"{width['intermediate_size']} MLP |"
-        )
+        width = model.prune_report.layer_widths[1]
+        widths = f"{width['num_attention_heads']} heads, {width['intermediate_size']} MLP"
+        out.append(row(preset, str(ratio), component_sizes(model), widths))
     return out
 
 

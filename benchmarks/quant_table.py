@@ -3,7 +3,8 @@
 The tiny preset has random weights; its decoder weights are scaled x3 so that action logits are less
 tied (as in tests/test_quantization.py). GPTQ calibrates on 4 samples that are not among the 16
 evaluation samples. Greedy agreement compares decoded bins (one flip changes the rest of the action);
-teacher-forced agreement and logit cosine compare each of the 7 steps given fp32's previous bins. Usage: python benchmarks/quant_table.py [--threads 1]   (prints a markdown table)
+teacher-forced agreement and logit cosine compare each of the 7 steps given fp32's previous bins.
+Usage: python benchmarks/quant_table.py [--threads 1]   (prints a markdown table)
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from vla_compress.modeling.presets import SHIPPED_PRESETS
 from vla_compress.recovery.checkpoint import latest_checkpoint
 from vla_compress.recovery.sft import SFTConfig, train_sft
 
-PACKAGE_PRESET_DIR = Path(__file__).resolve().parents[1] / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_PRESET_DIR = REPO / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
 
 
 def parse_args() -> argparse.Namespace:

@@ -161,7 +161,8 @@ def test_flap_adapts_widths_and_bias_compensation_helps(dense, calibration, tmp_
     assert len({(w["num_attention_heads"], w["intermediate_size"]) for w in widths}) > 1
     assert errors[True] < errors[False]
     assert model.config.text_config.attention_bias and model.config.text_config.mlp_bias
-    removed = sum((HEADS - w["num_attention_heads"]) * 4 * HIDDEN * HEAD_DIM + (MLP - w["intermediate_size"]) * 3 * HIDDEN
+    removed = sum((HEADS - w["num_attention_heads"]) * 4 * HIDDEN * HEAD_DIM
+                  + (MLP - w["intermediate_size"]) * 3 * HIDDEN
                   for w in widths)  # `ratio` of the prunable parameters of the pruned layers, to one unit
     target = 0.3 * (LAYERS - 2) * (4 * HIDDEN * HIDDEN + 3 * HIDDEN * MLP)
     assert target <= removed < target + 4 * HIDDEN * HEAD_DIM
