@@ -83,6 +83,14 @@ def cached_evaluation(model, path: Path, args: argparse.Namespace) -> dict:
                     seed=args.seed, image_size=args.image_size, output=path).to_dict()
 
 
+def eval_table(result: dict) -> str:
+    """Success rate per task as a markdown table (IND tasks first)."""
+    lines = ["| task | split | success |", "|---|---|---|"]
+    for task, rate in sorted(result["success_rate"].items(), key=lambda kv: (kv[0] not in TASKS_IND, kv[0])):
+        lines.append(f"| {task} | {'IND' if task in TASKS_IND else 'OOD'} | {100 * rate:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -117,12 +125,14 @@ def main() -> None:
         "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result["mean_episode_length"],
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    (out / "eval_by_task.md").write_text(eval_table(result))
     print(json.dumps(card, indent=2))
     if not args.no_ship:
         shutil.rmtree(PACKAGE_PRESET_DIR, ignore_errors=True)
         model.to(torch.float16).save_pretrained(PACKAGE_PRESET_DIR)
         shutil.copy(out / "eval.json", PACKAGE_PRESET_DIR / "eval.json")
         shutil.copy(out / "model_card.json", PACKAGE_PRESET_DIR / "model_card.json")
+        shutil.copy(out / "eval_by_task.md", PACKAGE_PRESET_DIR / "eval_by_task.md")
         print(f"shipped to {PACKAGE_PRESET_DIR}")
 
 

@@ -62,7 +62,8 @@ def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype
 
     `name_or_path`: a preset (`"tiny"`, `"openvla-7b"`: random weights; `"tiny-maniskill"`: the
     shipped trained policy), a local directory in the OpenVLA Hugging Face format, or a hub id such
-    as `"openvla/openvla-7b"` (downloaded with huggingface_hub). `dtype` None keeps the stored one.
+    as `"openvla/openvla-7b"` (downloaded with huggingface_hub). `dtype` None keeps the stored one
+    (float32 for the shipped presets, which are stored in float16).
     """
     dtype = resolve_dtype(dtype)
     name = str(name_or_path)
@@ -71,7 +72,7 @@ def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype
         if path is None:
             raise ValueError(f"preset {name!r} has no trained weights in this install; "
                              "build it with `python benchmarks/train_base.py`")
-        return _load_dir(path, device, dtype)
+        return _load_dir(path, device, dtype or torch.float32)  # stored in fp16 to stay small
     if name in PRESETS:
         if name == "openvla-7b":
             warnings.warn("preset 'openvla-7b' has random weights; load 'openvla/openvla-7b' for the real policy",
