@@ -140,10 +140,11 @@ def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
         tiny_config(tmp_path, **kwargs).validate()
 
 
-def test_missing_output_parent_raises(tmp_path):
+def test_output_dir_that_is_a_file_raises(tmp_path):
     model = load_vla("tiny")
-    with pytest.raises(ValueError, match="parent of output_dir"):
-        train_ppo(model, tiny_config(tmp_path, output_dir=tmp_path / "missing" / "run"))
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="output_dir"):
+        train_ppo(model, tiny_config(tmp_path, output_dir=tmp_path / "taken"))
     assert FakeTaskEnv.resets == 0
 
 

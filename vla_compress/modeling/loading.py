@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .config import OpenVLAConfig, register
 from .modeling_openvla import OpenVLAForActionPrediction
@@ -39,7 +40,12 @@ def build_model(config: OpenVLAConfig, seed: int = 0) -> OpenVLAForActionPredict
 
 def _is_openvla_dir(path: Path) -> bool:
     config = path / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "openvla"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "openvla"
+    except json.JSONDecodeError as error:
+        raise ValueError(f"name_or_path={str(path)!r}: config.json is not valid JSON ({error})") from error
 
 
 def _load_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None) -> OpenVLAForActionPrediction:
@@ -51,7 +57,10 @@ def _load_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None)
         from ..quantization import load_quantized  # quantized checkpoints rebuild their layers first
 
         return load_quantized(path, config, device=device, dtype=dtype)
-    model = OpenVLAForActionPrediction.from_pretrained(path, config=config, dtype=dtype or "auto")
+    try:
+        model = OpenVLAForActionPrediction.from_pretrained(path, config=config, dtype=dtype or "auto")
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"name_or_path={str(path)!r}: the weights are missing or corrupted ({error})") from error
     model.processor = OpenVLAProcessor.from_pretrained(path, config)
     return model.to(device).eval()
 

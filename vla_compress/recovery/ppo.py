@@ -83,7 +83,7 @@ class PPOConfig:
     dtype: str | None = None  # "float32", "bfloat16", ...; None keeps the model's
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; 1 avoids oversubscription next to env workers
-    output_dir: str | Path = "runs/ppo"
+    output_dir: str | Path = "outputs/ppo"
     checkpoint_every: int = 10  # updates; 0 = only at the end
     keep_checkpoints: int = 2
     resume: bool = False
@@ -133,8 +133,8 @@ class PPOConfig:
                                                      torch.dtype):
             raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {self.dtype!r}")
         output_dir = Path(self.output_dir).expanduser().resolve()
-        if not output_dir.parent.is_dir():
-            raise ValueError(f"the parent of output_dir does not exist: {output_dir.parent}")
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ValueError(f"output_dir exists and is not a directory: {output_dir}")
         if not self.resume and latest_checkpoint(output_dir) is not None:
             raise ValueError(f"{output_dir} already holds checkpoints; pass resume=True or a new output_dir")
         if self.env_factory is None:
