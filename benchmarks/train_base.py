@@ -2,6 +2,7 @@
 
     python benchmarks/train_base.py                      # demos -> SFT -> evaluation -> package data
     python benchmarks/train_base.py --steps 20 --eval-episodes 1 --output-dir /tmp/base --no-ship  # smoke
+    python benchmarks/train_base.py --init tiny-maniskill --output-dir runs/more   # train the shipped policy further
 
 Resumable: rerun the same command after an interruption; demos, checkpoints and the evaluation are
 cached in `--output-dir`. Seeds are fixed. The result is written in the OpenVLA format (fp16 storage,
@@ -23,7 +24,7 @@ import torch
 from vla_compress.data import DemoDataset, generate_demos
 from vla_compress.envs.tasks import TASKS_IND
 from vla_compress.evaluation import evaluate
-from vla_compress.modeling import build_model, preset_config
+from vla_compress.modeling import build_model, load_vla, preset_config
 from vla_compress.modeling.presets import SHIPPED_PRESETS
 from vla_compress.recovery.checkpoint import latest_checkpoint
 from vla_compress.recovery.sft import SFTConfig, train_sft
@@ -39,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--episodes-per-task", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=128, help="camera size; the model resizes to its own")
     parser.add_argument("--preset", default="tiny", help="architecture preset to train from scratch")
+    parser.add_argument("--init", default=None,
+                        help="start from these weights instead of scratch (e.g. tiny-maniskill, to train further)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -104,7 +107,10 @@ def main() -> None:
     train, held_out = split_by_episode(dataset, args.held_out_episodes)
     print(f"demos: {dataset.num_episodes} episodes, {len(train)} train / {len(held_out)} held-out samples")
 
-    model = build_model(preset_config(args.preset), seed=args.seed)
+    if args.init:
+        model = load_vla(args.init, device=args.device, dtype=torch.float32)
+    else:
+        model = build_model(preset_config(args.preset), seed=args.seed)
     rng = np.random.default_rng(args.seed)
     eval_subset = [held_out[i] for i in rng.choice(len(held_out), size=min(256, len(held_out)), replace=False)]
     start = time.time()
@@ -117,7 +123,7 @@ def main() -> None:
     result = cached_evaluation(model, out / "eval.json", args)
     checkpoint = latest_checkpoint(out / "sft")
     card = {
-        "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "preset": args.preset, "init": args.init, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "train_samples": len(train), "demo_episodes": dataset.num_episodes, "ind_tasks": len(TASKS_IND),
         "train_seconds_this_run": round(train_seconds, 1), "checkpoint": str(checkpoint),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
