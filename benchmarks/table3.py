@@ -31,60 +31,46 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import platform
-import shutil
-import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from common import (
+    PAPER,
+    SMOKE,
+    Preset,
+    Stages,
+    apply_flags,
+    fmt,
+    machine,
+    machine_line,
+    parse_checked,
+    parser_for,
+    percent,
+    pyplot,
+    quantized,
+    ratio,
+    stage_lines,
+    stage_seconds,
+    write_json,
+)
 
-from vla_compress import PPOConfig, SFTConfig, load_vla, prune, quantize, recover
-from vla_compress.data import DemoDataset, generate_demos
-from vla_compress.envs import TASKS_IND, TASKS_OOD
-from vla_compress.evaluation import evaluate, profile
+from vla_compress import PPOConfig, recover
 from vla_compress.recovery.metrics import read_metrics
 
 
 @dataclasses.dataclass
-class Preset:
-    """Sizes of every stage; the flags override the first group."""
+class Table3Preset(Preset):
+    """The shared stage sizes plus PPO's; the flags override model, steps, episodes and threads."""
 
-    model: str = "tiny-maniskill"
-    sft_steps: int = 1500
     rl_steps: int = 1200  # PPO env steps (all envs together)
-    episodes: int = 2  # evaluation episodes per task
-    sft_batch_size: int = 8
-    sft_lr: float = 5e-4
-    sft_warmup: int = 50
-    num_envs: int = 2  # PPO and evaluation workers
-    episode_steps: int = 60  # PPO and evaluation episode length
     minibatch_size: int = 60
-    eval_tasks: str | list[str] = "all"
-    calibration_samples: int = 32
-    demo_tasks: str | list[str] = "ind"
-    demo_episodes: int = 10  # per task, when --demos is not given
-    profile_batch: int = 8
-    profile_warmup: int = 3
-    profile_iters: int = 20
-    threads: int | None = None
 
 
-PRESETS: dict[str, Preset] = {
-    "smoke": Preset(sft_steps=3, rl_steps=8, episodes=1, sft_batch_size=2, sft_warmup=1, num_envs=1,
-                    episode_steps=8, minibatch_size=8, eval_tasks=[TASKS_IND[0], TASKS_OOD[0]],
-                    calibration_samples=4, demo_tasks=[TASKS_IND[0]], demo_episodes=1, profile_batch=2,
-                    profile_warmup=1, profile_iters=3, threads=1),
-    "quick": Preset(),
-    "paper": Preset(model="openvla/openvla-7b", sft_steps=10_000, rl_steps=600_000, episodes=8, sft_batch_size=32,
-                    sft_lr=2e-4, sft_warmup=200, num_envs=64, episode_steps=80, minibatch_size=256,
-                    calibration_samples=128, demo_episodes=40, profile_batch=8, profile_warmup=5, profile_iters=50),
+PRESETS: dict[str, Table3Preset] = {
+    "smoke": Table3Preset(**SMOKE, rl_steps=8, minibatch_size=8),
+    "quick": Table3Preset(),
+    "paper": Table3Preset(**PAPER, rl_steps=600_000, minibatch_size=256),
 }
 
 PRUNE_RLRC = {"ratio": 0.9, "importance": "taylor", "method": "block"}
@@ -108,31 +94,13 @@ COLUMNS = ("ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput")
 
 # ---- arguments ---------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--model", default=None, help="base policy: preset, directory or hub id")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: as stored)")
-    parser.add_argument("--sft-steps", type=int, default=None)
+    parser = parser_for(__doc__, PRESETS, "outputs/table3")
     parser.add_argument("--rl-steps", type=int, default=None, help="PPO env steps in total")
-    parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/table3"))
-    parser.add_argument("--demos", type=Path, default=None,
-                        help="demo directory (default: generated into <output-dir>/demos)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    for name in ("sft_steps", "rl_steps", "episodes", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return args
+    return parse_checked(parser, argv, ("sft_steps", "rl_steps", "episodes", "threads"))
 
 
-def resolve_preset(args: argparse.Namespace) -> Preset:
-    overrides = {"model": args.model, "sft_steps": args.sft_steps, "rl_steps": args.rl_steps,
-                 "episodes": args.episodes, "threads": args.threads}
-    preset = dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+def resolve_preset(args: argparse.Namespace) -> Table3Preset:
+    preset = apply_flags(PRESETS[args.preset], args, ("model", "sft_steps", "rl_steps", "episodes", "threads"))
     unit = preset.num_envs * preset.episode_steps  # PPO rollouts hold whole episodes of every env
     if preset.rl_steps % unit:
         preset.rl_steps = max(unit, preset.rl_steps // unit * unit)
@@ -140,105 +108,15 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     return preset
 
 
-# ---- caching helpers ---------------------------------------------------------------------------------------
-def log(message: str) -> None:
-    print(f"[table3 {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
-def cached_json(path: Path, stage: str, compute: Callable[[], dict]) -> dict:
-    """Load `path` if it exists, else compute, time and write it."""
-    if path.exists():
-        log(f"{stage}: cached ({path})")
-        return json.loads(path.read_text())
-    log(f"{stage}: running")
-    start = time.time()
-    result = compute()
-    result["seconds"] = time.time() - start
-    write_json(path, result)
-    log(f"{stage}: done in {result['seconds']:.1f} s")
-    return result
-
-
-def cached_model(path: Path, stage: str, build: Callable[[], Any], device: str, dtype: str | None):
-    """Load the `save_pretrained` directory `path` if complete, else build the model and save it there."""
-    if (path / "config.json").exists():
-        log(f"{stage}: cached ({path})")
-        return load_vla(path, device=device, dtype=dtype)
-    log(f"{stage}: running")
-    start = time.time()
-    model = build()
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tmp.replace(path)
-    write_json(path.with_name(path.name + ".stage.json"), {"seconds": time.time() - start})
-    log(f"{stage}: done in {time.time() - start:.1f} s")
-    return model
-
-
 # ---- stages ------------------------------------------------------------------------------------------------
-class Pipeline:
+class Pipeline(Stages):
     """The stages of Table III with their cache paths under `out`."""
 
-    def __init__(self, args: argparse.Namespace, preset: Preset) -> None:
-        self.args, self.preset, self.out = args, preset, args.output_dir
-        self.model_name = preset.model
-        self._demos: DemoDataset | None = None
+    def __init__(self, args: argparse.Namespace, preset: Table3Preset) -> None:
+        super().__init__("table3", args, preset)
 
-    # models
-    def base(self):
-        try:
-            return load_vla(self.model_name, device=self.args.device, dtype=self.args.dtype)
-        except ValueError:
-            if self.args.preset != "smoke" or self.model_name != "tiny-maniskill":
-                raise
-            warnings.warn("tiny-maniskill is not installed; the smoke run falls back to the random 'tiny' model",
-                          stacklevel=2)
-            print("WARNING: tiny-maniskill is not installed; smoke run uses the random 'tiny' model", flush=True)
-            self.model_name = "tiny"
-            return load_vla("tiny", device=self.args.device, dtype=self.args.dtype)
-
-    def demos(self) -> DemoDataset:
-        if self._demos is None:
-            path = self.args.demos or self.out / "demos"
-            if self.args.demos is None and not (path / "norm_stats.json").exists():
-                log(f"demos: generating into {path}")
-                generate_demos(path, tasks=self.preset.demo_tasks, episodes_per_task=self.preset.demo_episodes,
-                               image_size=128, seed=self.args.seed)
-            self._demos = DemoDataset(path)
-        return self._demos
-
-    def calibration(self) -> list[dict]:
-        data = self.demos()
-        rng = np.random.default_rng(self.args.seed)
-        picks = rng.choice(len(data), size=min(self.preset.calibration_samples, len(data)), replace=False)
-        return [data[int(i)] for i in picks]
-
-    def pruned(self, key: str, settings: dict):
-        torch.manual_seed(self.args.seed)
-        return cached_model(self.out / "models" / key, f"prune {key}",
-                            lambda: prune(self.base(), calibration=self.calibration(), **settings),
-                            self.args.device, self.args.dtype)
-
-    def sft(self):
-        preset = self.preset
-
-        def build():
-            config = SFTConfig(data=self.demos(), steps=preset.sft_steps, batch_size=preset.sft_batch_size,
-                               lr=preset.sft_lr, warmup_steps=min(preset.sft_warmup, preset.sft_steps),
-                               output_dir=self.out / "sft", resume=True, seed=self.args.seed,
-                               device=self.args.device, log_every=min(10, preset.sft_steps),
-                               checkpoint_every=max(1, min(200, preset.sft_steps)), eval_every=preset.sft_steps)
-            return recover(self.pruned("pruned90", PRUNE_RLRC), sft=config)
-
-        return cached_model(self.out / "models" / "sft", "SFT", build, self.args.device, self.args.dtype)
+    def sft90(self):
+        return self.sft("sft", lambda: self.pruned("pruned90", PRUNE_RLRC), run_dir=self.out / "sft")
 
     def ppo(self):
         preset = self.preset
@@ -249,36 +127,9 @@ class Pipeline:
                                total_env_steps=preset.rl_steps, minibatch_size=preset.minibatch_size,
                                num_threads=preset.threads, output_dir=self.out / "ppo", resume=True,
                                seed=self.args.seed, device=self.args.device, checkpoint_every=1)
-            return recover(self.sft(), rl=config)
+            return recover(self.sft90(), rl=config)
 
-        return cached_model(self.out / "models" / "rlrc", "PPO", build, self.args.device, self.args.dtype)
-
-    # measurements
-    def measure(self, key: str, load: Callable[[], Any]) -> dict:
-        """Evaluation and profile of one model, each cached as JSON."""
-        holder: dict[str, Any] = {}
-
-        def model():
-            if "model" not in holder:
-                holder["model"] = load()
-            return holder["model"]
-
-        preset = self.preset
-        result = {
-            "eval": cached_json(self.out / "eval" / f"{key}.json", f"evaluate {key}", lambda: evaluate(
-                model(), tasks=preset.eval_tasks, episodes_per_task=preset.episodes, num_envs=preset.num_envs,
-                seed=self.args.seed, image_size=128, max_episode_steps=preset.episode_steps,
-                progress=False).to_dict()),
-            "profile": cached_json(self.out / "profile" / f"{key}.json", f"profile {key}", lambda: profile(
-                model(), batch_size=preset.profile_batch, warmup=preset.profile_warmup, iters=preset.profile_iters,
-                image_size=128, seed=self.args.seed).to_dict()),
-        }
-        holder.clear()
-        return result
-
-
-def quantized(load: Callable[[], Any]) -> Callable[[], Any]:
-    return lambda: quantize(load(), bits=4, method="bnb", quant_type="nf4")
+        return self.cached_model("rlrc", "PPO", build)
 
 
 # ---- the table ---------------------------------------------------------------------------------------------
@@ -288,7 +139,7 @@ def row(key: str, method: str, measured: dict | None, note: str = "") -> dict:
     extra: dict[str, Any] = {}
     if measured is not None:
         ev, prof = measured["eval"], measured["profile"]
-        values = {"ind_sr": _percent(ev["ind_success_rate"]), "ood_sr": _percent(ev["ood_success_rate"]),
+        values = {"ind_sr": percent(ev["ind_success_rate"]), "ood_sr": percent(ev["ood_success_rate"]),
                   "memory_mb": prof["model_bytes"] / 1e6, "inference_ms": prof["latency_ms_median"],
                   "throughput": prof["throughput_batch1"]}
         extra = {"inference_ms_p90": prof["latency_ms_p90"], "throughput_batch": prof["throughput_batch"],
@@ -299,46 +150,23 @@ def row(key: str, method: str, measured: dict | None, note: str = "") -> dict:
     return {"key": key, "method": method, "status": status, "note": note, **values, **extra}
 
 
-def _percent(rate: float | None) -> float | None:
-    return None if rate is None else 100.0 * rate
-
-
 def add_ratios(rows: list[dict]) -> None:
     """`ratios[column]` = value / dense value (1.0 for the dense row; None when undefined, e.g. dense = 0)."""
     dense = rows[0]
     for r in rows:
-        r["ratios"] = {c: (None if r[c] is None else 1.0) if r is dense else _ratio(r[c], dense[c]) for c in COLUMNS}
-
-
-def _ratio(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference is None:
-        return None
-    return None if reference == 0 else value / reference
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+        r["ratios"] = {c: (None if r[c] is None else 1.0) if r is dense else ratio(r[c], dense[c]) for c in COLUMNS}
 
 
 def _cell(r: dict, column: str, digits: int) -> str:
-    ratio = r["ratios"][column]
-    return _fmt(r[column], digits) + ("" if ratio is None else f" (×{ratio:.2f})")
+    value = r["ratios"][column]
+    return fmt(r[column], digits) + ("" if value is None else f" (×{value:.2f})")
 
 
 def markdown(result: dict) -> str:
-    m, rows = result["machine"], result["rows"]
-    device = result["device"] if m["cuda"] is None else f"{result['device']} ({m['cuda']})"
+    rows = result["rows"]
     lines = [
         f"# Table III on our suite (preset `{result['preset']}`, base `{result['model']}`)", "",
-        (f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, {m['torch_threads']} torch threads, "
-        f"device {device}, torch {m['torch']}; {m['date']}."), "",
+        machine_line(result), "",
         (f"Success rates in % over {result['settings']['episodes']} episode(s) per task; memory = bytes of "
          "parameters and buffers (MB = 10^6 B); inference time = median latency of one `predict_action` at "
          "batch 1; throughput = actions/s at batch 1. (×r) = ratio to the dense row."), "",
@@ -357,22 +185,19 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|"]
     for name, *values in PAPER_TABLE3:
         digits = (2, 2, 3, 2, 1)
-        lines.append(f"| {name} | " + " | ".join(_fmt(v, d) for v, d in zip(values, digits, strict=True)) + " |")
-    lines += ["", "## Stage times (s, from the run that computed each stage)", "",
-              "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in result["stage_seconds"].items()]]
+        lines.append(f"| {name} | " + " | ".join(fmt(v, d) for v, d in zip(values, digits, strict=True)) + " |")
+    lines += ["", *stage_lines(result)]
     return "\n".join(lines) + "\n"
 
 
 # ---- figures -----------------------------------------------------------------------------------------------
 def fig9(stages: dict[str, dict], path: Path) -> None:
     """Success per pipeline stage (IND and OOD bars)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(stages)
-    ind = [_percent(stages[n]["ind_success_rate"]) or 0.0 for n in names]
-    ood = [_percent(stages[n]["ood_success_rate"]) or 0.0 for n in names]
+    ind = [percent(stages[n]["ind_success_rate"]) or 0.0 for n in names]
+    ood = [percent(stages[n]["ood_success_rate"]) or 0.0 for n in names]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(x - 0.2, ind, 0.4, label="IND")
@@ -389,9 +214,7 @@ def fig9(stages: dict[str, dict], path: Path) -> None:
 
 def fig8(sft_dir: Path, ppo_dir: Path, path: Path) -> None:
     """SFT action loss and PPO episodic return from the metrics.jsonl logs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     _curve(left, sft_dir, "losses/action_loss", "SFT step", "action-token loss", "SFT")
@@ -419,21 +242,17 @@ def _curve(ax, run_dir: Path, key: str, xlabel: str, ylabel: str, title: str, la
 # ---- main --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
     preset = resolve_preset(args)
-    if preset.threads is not None:
-        torch.set_num_threads(preset.threads)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     p = Pipeline(args, preset)
-    log(f"preset {args.preset}: {dataclasses.asdict(preset)}")
+    p.setup()  # threads, output dir, and the smoke fallback before anything is cached
 
     base = p.base
-    p.base()  # resolve the smoke fallback before anything is cached
     dense = p.measure("dense", base)
-    dense4 = p.measure("dense_4bit", quantized(base))
+    dense4 = p.measure("dense_4bit", quantized(base, 4))
     pruner20 = p.measure("llm_pruner20", lambda: p.pruned("pruned20", PRUNE_LLM_PRUNER))
     pruned90 = p.measure("pruned90", lambda: p.pruned("pruned90", PRUNE_RLRC))
-    sft = p.measure("sft", p.sft)
+    sft = p.measure("sft", p.sft90)
     rlrc = p.measure("rlrc", p.ppo)
-    rlrc4 = p.measure("rlrc_4bit", quantized(p.ppo))
+    rlrc4 = p.measure("rlrc_4bit", quantized(p.ppo, 4))
 
     rows = [
         row("dense", f"dense base ({p.model_name})", dense),
@@ -448,8 +267,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "preset": args.preset, "model": p.model_name, "device": args.device, "dtype": args.dtype,
         "seed": args.seed, "settings": dataclasses.asdict(preset), "machine": machine(), "rows": rows,
-        "stages": {name: {"ind_sr": _percent(m["eval"]["ind_success_rate"]),
-                          "ood_sr": _percent(m["eval"]["ood_success_rate"])} for name, m in stages.items()},
+        "stages": {name: {"ind_sr": percent(m["eval"]["ind_success_rate"]),
+                          "ood_sr": percent(m["eval"]["ood_success_rate"])} for name, m in stages.items()},
         "stage_seconds": stage_seconds(args.output_dir),
         "paper_table3": [dict(zip(PAPER_FIELDS, r, strict=True)) for r in PAPER_TABLE3],
     }
@@ -457,18 +276,8 @@ def run(args: argparse.Namespace) -> dict:
     (args.output_dir / "table3.md").write_text(markdown(result))
     fig9({name: m["eval"] for name, m in stages.items()}, args.output_dir / "fig9_stages.png")
     fig8(args.output_dir / "sft", args.output_dir / "ppo", args.output_dir / "fig8_curves.png")
-    log(f"wrote {args.output_dir}/table3.json, table3.md, fig9_stages.png, fig8_curves.png")
+    p.log(f"wrote {args.output_dir}/table3.json, table3.md, fig9_stages.png, fig8_curves.png")
     return result
-
-
-def stage_seconds(out: Path) -> dict[str, float]:
-    """Seconds of each cached stage, as recorded when it ran."""
-    seconds = {}
-    for path in sorted([*out.glob("models/*.stage.json"), *out.glob("eval/*.json"), *out.glob("profile/*.json")]):
-        data = json.loads(path.read_text())
-        name = path.name.removesuffix(".stage.json").removesuffix(".json")
-        seconds[f"{path.parent.name}/{name}"] = float(data.get("seconds", float("nan")))
-    return seconds
 
 
 def main(argv: list[str] | None = None) -> dict:

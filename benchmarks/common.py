@@ -1,0 +1,324 @@
+"""What the paper-table benchmarks share: presets, flags, demo loading, stage caching, the machine, markdown.
+
+`table1.py`, `table2.py` and `table3.py` build on this module and on the public `vla_compress` API only.
+Every stage writes its result under the output directory (models as `save_pretrained` directories, one
+JSON per evaluation and profile) and a rerun skips any stage whose output exists, so an interrupted run
+resumes; delete a file or directory to recompute that stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_compress import SFTConfig, load_vla, prune, quantize, recover
+from vla_compress.data import DemoDataset, generate_demos
+from vla_compress.envs import TASKS_IND, TASKS_OOD
+from vla_compress.evaluation import evaluate, profile
+from vla_compress.pruning import hold_sparsity
+
+SMOKE_TASKS = [TASKS_IND[0], TASKS_OOD[0]]
+LIBERO_NOTE = ("only --suite maniskill runs: vla_compress.evaluation.evaluate supports the ManiSkill suite only and "
+               "no LIBERO demos exist here; the paper's LIBERO numbers are shown for reference")
+
+
+@dataclasses.dataclass
+class Preset:
+    """Sizes of the stages every table shares; `apply_flags` overrides them from the command line."""
+
+    model: str = "tiny-maniskill"
+    sft_steps: int = 1500
+    episodes: int = 2  # evaluation episodes per task
+    sft_batch_size: int = 8
+    sft_lr: float = 5e-4
+    sft_warmup: int = 50
+    num_envs: int = 2  # evaluation (and PPO) workers
+    episode_steps: int = 60  # evaluation (and PPO) episode length
+    eval_tasks: str | list[str] = "all"
+    calibration_samples: int = 32
+    demo_tasks: str | list[str] = "ind"
+    demo_episodes: int = 10  # per task, when --demos is not given
+    profile_batch: int = 8
+    profile_warmup: int = 3
+    profile_iters: int = 20
+    threads: int | None = None
+
+
+SMOKE = {"sft_steps": 3, "episodes": 1, "sft_batch_size": 2, "sft_warmup": 1, "num_envs": 1, "episode_steps": 8,
+         "eval_tasks": SMOKE_TASKS, "calibration_samples": 4, "demo_tasks": [TASKS_IND[0]], "demo_episodes": 1,
+         "profile_batch": 2, "profile_warmup": 1, "profile_iters": 3, "threads": 1}
+PAPER = {"model": "openvla/openvla-7b", "sft_steps": 10_000, "episodes": 8, "sft_batch_size": 32, "sft_lr": 2e-4,
+         "sft_warmup": 200, "num_envs": 64, "episode_steps": 80, "calibration_samples": 128, "demo_episodes": 40,
+         "profile_batch": 8, "profile_warmup": 5, "profile_iters": 50}
+
+
+# ---- arguments ---------------------------------------------------------------------------------------------
+def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
+               suite: bool = False) -> argparse.ArgumentParser:
+    """The flags every table takes; add table-specific ones to the returned parser."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(presets), default="quick")
+    parser.add_argument("--model", default=None, help="base policy: preset, directory or hub id")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: as stored)")
+    parser.add_argument("--sft-steps", type=int, default=None)
+    parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=Path(output_dir))
+    parser.add_argument("--demos", type=Path, default=None,
+                        help="demo directory (default: generated into <output-dir>/demos)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    if suite:
+        parser.add_argument("--suite", choices=["maniskill", "libero_spatial", "libero_long"], default="maniskill",
+                            help="evaluation suite; " + LIBERO_NOTE)
+    return parser
+
+
+def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
+                  positive: Sequence[str]) -> argparse.Namespace:
+    """Parse `argv`; flags named in `positive` must be >= 1 when given; `--suite` must be maniskill."""
+    args = parser.parse_args(argv)
+    for name in positive:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "suite", "maniskill") != "maniskill":
+        parser.error(f"--suite {args.suite}: {LIBERO_NOTE}")
+    return args
+
+
+def apply_flags(preset: Preset, args: argparse.Namespace, names: Sequence[str]) -> Preset:
+    """A copy of `preset` with the flags in `names` that were given."""
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return dataclasses.replace(preset, **given)
+
+
+# ---- files and logs ----------------------------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def stage_seconds(out: Path) -> dict[str, float]:
+    """Seconds of each cached stage, as recorded when it ran."""
+    seconds = {}
+    for path in sorted([*out.glob("models/*.stage.json"), *out.glob("eval/*.json"), *out.glob("profile/*.json")]):
+        data = json.loads(path.read_text())
+        name = path.name.removesuffix(".stage.json").removesuffix(".json")
+        seconds[f"{path.parent.name}/{name}"] = float(data.get("seconds", float("nan")))
+    return seconds
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---- stages ------------------------------------------------------------------------------------------------
+class Stages:
+    """Cached stages under `args.output_dir`: base model, demos, pruning, SFT, quantization, evaluation, profile."""
+
+    def __init__(self, name: str, args: argparse.Namespace, preset: Preset) -> None:
+        self.name, self.args, self.preset, self.out = name, args, preset, args.output_dir
+        self.model_name = preset.model
+        self._demos: DemoDataset | None = None
+
+    def log(self, message: str) -> None:
+        print(f"[{self.name} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def setup(self) -> None:
+        """Set threads, create the output directory and resolve the smoke fallback before anything is cached."""
+        if self.preset.threads is not None:
+            torch.set_num_threads(self.preset.threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log(f"preset {self.args.preset}: {dataclasses.asdict(self.preset)}")
+        self.base()
+
+    def cached_json(self, path: Path, stage: str, compute: Callable[[], dict]) -> dict:
+        """Load `path` if it exists, else compute, time and write it."""
+        if path.exists():
+            self.log(f"{stage}: cached ({path})")
+            return json.loads(path.read_text())
+        self.log(f"{stage}: running")
+        start = time.time()
+        result = compute()
+        result["seconds"] = time.time() - start
+        write_json(path, result)
+        self.log(f"{stage}: done in {result['seconds']:.1f} s")
+        return result
+
+    def cached_model(self, key: str, stage: str, build: Callable[[], Any]):
+        """Load `<out>/models/<key>` if complete, else build the model and `save_pretrained` it there."""
+        path = self.out / "models" / key
+        if (path / "config.json").exists():
+            self.log(f"{stage}: cached ({path})")
+            return load_vla(path, device=self.args.device, dtype=self.args.dtype)
+        self.log(f"{stage}: running")
+        start = time.time()
+        model = build()
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tmp.replace(path)
+        write_json(path.with_name(path.name + ".stage.json"), {"seconds": time.time() - start})
+        self.log(f"{stage}: done in {time.time() - start:.1f} s")
+        return model
+
+    # models
+    def base(self):
+        """The dense base; the smoke preset falls back to the random "tiny" model without tiny-maniskill."""
+        try:
+            return load_vla(self.model_name, device=self.args.device, dtype=self.args.dtype)
+        except ValueError:
+            if self.args.preset != "smoke" or self.model_name != "tiny-maniskill":
+                raise
+            warnings.warn("tiny-maniskill is not installed; the smoke run falls back to the random 'tiny' model",
+                          stacklevel=2)
+            print("WARNING: tiny-maniskill is not installed; smoke run uses the random 'tiny' model", flush=True)
+            self.model_name = "tiny"
+            return load_vla("tiny", device=self.args.device, dtype=self.args.dtype)
+
+    def demos(self) -> DemoDataset:
+        if self._demos is None:
+            path = self.args.demos or self.out / "demos"
+            if self.args.demos is None and not (path / "norm_stats.json").exists():
+                self.log(f"demos: generating into {path}")
+                generate_demos(path, tasks=self.preset.demo_tasks, episodes_per_task=self.preset.demo_episodes,
+                               image_size=128, seed=self.args.seed)
+            self._demos = DemoDataset(path)
+        return self._demos
+
+    def calibration(self) -> list[dict]:
+        data = self.demos()
+        rng = np.random.default_rng(self.args.seed)
+        picks = rng.choice(len(data), size=min(self.preset.calibration_samples, len(data)), replace=False)
+        return [data[int(i)] for i in picks]
+
+    def pruned(self, key: str, settings: dict):
+        """`prune(base, **settings)` with calibration demos (unstructured masks re-armed after a reload)."""
+        torch.manual_seed(self.args.seed)
+        model = self.cached_model(key, f"prune {key}",
+                                  lambda: prune(self.base(), calibration=self.calibration(), **settings))
+        if settings.get("method") in ("magnitude", "wanda"):
+            hold_sparsity(model)  # a reloaded checkpoint regains its masks from its zero pattern
+        return model
+
+    def sft(self, key: str, source: Callable[[], Any], run_dir: Path | None = None):
+        """`recover(source(), sft=SFTConfig(...))` on the demos; checkpoints and metrics in `run_dir`."""
+        preset = self.preset
+
+        def build():
+            config = SFTConfig(data=self.demos(), steps=preset.sft_steps, batch_size=preset.sft_batch_size,
+                               lr=preset.sft_lr, warmup_steps=min(preset.sft_warmup, preset.sft_steps),
+                               output_dir=run_dir or self.out / "sft" / key, resume=True, seed=self.args.seed,
+                               device=self.args.device, log_every=min(10, preset.sft_steps),
+                               checkpoint_every=max(1, min(200, preset.sft_steps)), eval_every=preset.sft_steps)
+            return recover(source(), sft=config)
+
+        return self.cached_model(key, f"SFT {key}", build)
+
+    # measurements
+    def measure(self, key: str, load: Callable[[], Any], evaluation: bool = True, profiling: bool = True,
+                sparsity: bool = False) -> dict:
+        """Evaluation, profile and (if `sparsity`) the LLM's zero fraction of one model, each cached as JSON."""
+        holder: dict[str, Any] = {}
+
+        def model():
+            if "model" not in holder:
+                holder["model"] = load()
+            return holder["model"]
+
+        preset = self.preset
+        result: dict[str, Any] = {}
+        if evaluation:
+            result["eval"] = self.cached_json(self.out / "eval" / f"{key}.json", f"evaluate {key}", lambda: evaluate(
+                model(), tasks=preset.eval_tasks, episodes_per_task=preset.episodes, num_envs=preset.num_envs,
+                seed=self.args.seed, image_size=128, max_episode_steps=preset.episode_steps,
+                progress=False).to_dict())
+        if profiling:
+            result["profile"] = self.cached_json(
+                self.out / "profile" / f"{key}.json", f"profile {key}", lambda: profile(
+                    model(), batch_size=preset.profile_batch, warmup=preset.profile_warmup,
+                    iters=preset.profile_iters, image_size=128, seed=self.args.seed).to_dict())
+        if sparsity:
+            result["sparsity"] = self.cached_json(self.out / "sparsity" / f"{key}.json", f"sparsity {key}",
+                                                  lambda: {"llm_sparsity": llm_sparsity(model())})
+        holder.clear()
+        return result
+
+
+def quantized(load: Callable[[], Any], bits: int) -> Callable[[], Any]:
+    """A loader of `load()` quantized with bitsandbytes: LLM.int8 for 8 bits, NF4 for 4 bits."""
+    if bits == 8:
+        return lambda: quantize(load(), bits=8, method="bnb")
+    return lambda: quantize(load(), bits=4, method="bnb", quant_type="nf4")
+
+
+def llm_sparsity(model: torch.nn.Module) -> float:
+    """Zero fraction of the 2-D weights of the language model's decoder layers."""
+    zeros = total = 0
+    for name, param in model.language_model.named_parameters():
+        if ".layers." in f".{name}" and param.ndim == 2:
+            zeros += int((param == 0).sum())
+            total += param.numel()
+    return zeros / total if total else 0.0
+
+
+# ---- values and markdown -----------------------------------------------------------------------------------
+def percent(rate: float | None) -> float | None:
+    return None if rate is None else 100.0 * rate
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None:
+        return None
+    return None if reference == 0 else value / reference
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table as lines."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *["| " + " | ".join(str(c) for c in r) + " |" for r in rows]]
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    device = result["device"] if m["cuda"] is None else f"{result['device']} ({m['cuda']})"
+    return (f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, {m['torch_threads']} torch threads, "
+            f"device {device}, torch {m['torch']}; {m['date']}.")
+
+
+def stage_lines(result: dict) -> list[str]:
+    return ["## Stage times (s, from the run that computed each stage)", "",
+            *table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in result["stage_seconds"].items()])]
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
