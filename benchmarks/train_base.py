@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,19 +112,17 @@ def main() -> None:
         model = build_model(preset_config(args.preset), seed=args.seed)
     rng = np.random.default_rng(args.seed)
     eval_subset = [held_out[i] for i in rng.choice(len(held_out), size=min(256, len(held_out)), replace=False)]
-    start = time.time()
     model = train_sft(model, SFTConfig(
         data=InMemory(train, dataset.norm_stats), eval_data=eval_subset, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup_steps=min(200, args.steps // 10), eval_every=250,
         checkpoint_every=250, output_dir=out / "sft", seed=args.seed, device=args.device))
-    train_seconds = time.time() - start
     model.eval()
     result = cached_evaluation(model, out / "eval.json", args)
     checkpoint = latest_checkpoint(out / "sft")
     card = {
         "preset": args.preset, "init": args.init, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "train_samples": len(train), "demo_episodes": dataset.num_episodes, "ind_tasks": len(TASKS_IND),
-        "train_seconds_this_run": round(train_seconds, 1), "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint), "sft_log": str(out / "sft" / "metrics.jsonl"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
         "ind_success_rate": result["ind_success_rate"], "ood_success_rate": result["ood_success_rate"],
         "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result["mean_episode_length"],
