@@ -66,6 +66,7 @@ CASES = {
     "evaluate episodes": (lambda m: evaluate(m, episodes_per_task=0), ValueError, "episodes_per_task"),
     "profile batch size": (lambda m: profile(m, batch_size=0), ValueError, "batch_size"),
     "profile not a model": (lambda m: profile(object()), ValueError, "predict_action"),
+    "component_sizes not a model": (lambda m: component_sizes(object()), ValueError, "OpenVLAForActionPrediction"),
 }
 
 

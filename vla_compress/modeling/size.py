@@ -83,6 +83,9 @@ def _moved_int8_scales(module: nn.Module) -> list[torch.Tensor]:
 
 def component_sizes(model: nn.Module) -> dict[str, ComponentSize]:
     """Sizes of vision backbone, projector, LM (without its output head), output head, and total."""
+    missing = [name for name in ("vision_backbone", "projector", "language_model") if not hasattr(model, name)]
+    if missing:
+        raise ValueError(f"model must be an OpenVLAForActionPrediction; {type(model).__name__} has no {missing}")
     lm = model.language_model
     head = lm.get_output_embeddings()
     sizes = {
