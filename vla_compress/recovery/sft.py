@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..modeling import OpenVLAForActionPrediction, normalize_actions
@@ -155,8 +156,6 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
     step = 0
     if config.output_dir and config.resume and (checkpoint := latest_checkpoint(config.output_dir)) is not None:
         state = load_trainer_state(checkpoint)
-        from safetensors.torch import load_file
-
         model.load_state_dict(load_file(checkpoint / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
