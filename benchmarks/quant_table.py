@@ -43,10 +43,8 @@ def action_bins_and_logits(model: torch.nn.Module, images: np.ndarray, texts: li
     """Greedy action bins `[B, 7]` and action logits `[B, 7, bins]` teacher-forced on `teacher` bins."""
     batch = model.processor(images, texts)
     bins = model.generate_action_indices(**batch)["action_indices"]
-    forced = bins if teacher is None else teacher
-    input_ids = torch.cat([batch["input_ids"], model.action_indices_to_token_ids(forced)], dim=1)
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(forced)], dim=1)
-    return bins, model.action_forward(batch["pixel_values"], input_ids, mask).action_logits
+    forced = model.append_action_tokens(batch, bins if teacher is None else teacher)
+    return bins, model.action_forward(**forced).action_logits
 
 
 def median_latency_ms(model: torch.nn.Module, image: np.ndarray, text: str, repeats: int = 9) -> float:

@@ -106,13 +106,7 @@ def test_save_pretrained_round_trip_identical_actions(tiny_model, images, instru
 def test_action_forward_log_probs_match_decoding(tiny_model, images, instructions):
     batch = tiny_model.processor(images, instructions)
     decoded = tiny_model.generate_action_indices(**batch, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    token_ids = tiny_model.action_indices_to_token_ids(decoded["action_indices"])
-    full = {
-        "pixel_values": batch["pixel_values"],
-        "input_ids": torch.cat([batch["input_ids"], token_ids], dim=1),
-        "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(token_ids)], dim=1),
-    }
-    out = tiny_model.action_forward(**full)
+    out = tiny_model.action_forward(**tiny_model.append_action_tokens(batch, decoded["action_indices"]))
     log_probs, entropy = tiny_model.action_token_log_probs(out.action_logits, decoded["action_indices"])
     torch.testing.assert_close(log_probs, decoded["log_probs"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.critic_features, decoded["critic_features"], atol=1e-4, rtol=1e-4)

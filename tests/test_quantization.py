@@ -52,10 +52,8 @@ def actions_and_logits(model: nn.Module, images: np.ndarray, teacher: torch.Tens
     """Greedy action bins `[B, 7]` and action logits `[B, 7, bins]` teacher-forced on `teacher` bins."""
     batch = model.processor(images, INSTRUCTIONS)
     indices = model.generate_action_indices(**batch)["action_indices"]
-    forced = indices if teacher is None else teacher
-    input_ids = torch.cat([batch["input_ids"], model.action_indices_to_token_ids(forced)], dim=1)
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(forced)], dim=1)
-    return indices, model.action_forward(batch["pixel_values"], input_ids, mask).action_logits
+    forced = model.append_action_tokens(batch, indices if teacher is None else teacher)
+    return indices, model.action_forward(**forced).action_logits
 
 
 def quantized_ratio(dense: nn.Module, model: nn.Module) -> float:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_runner import run_smoke
 
-ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ["dense", "int8", "nf4", "magnitude20", "wanda20", "llm_pruner20", "flap20"]
 COLUMNS = ["ind_sr", "ood_sr", "ind_sr_sft", "ood_sr_sft", "params", "memory_mb", "inference_ms", "throughput"]
 PRUNED = {"magnitude20", "wanda20", "llm_pruner20", "flap20"}
-
-
-def run_smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MS_SKIP_ASSET_DOWNLOAD_PROMPT": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "table1.py"), "--preset", "smoke", "--output-dir", str(out),
-               *extra]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 @pytest.mark.sim
@@ -28,7 +17,7 @@ def run_smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_table1_smoke(tmp_path):
     pytest.importorskip("mani_skill")
     out = tmp_path / "table1"
-    done = run_smoke(out)
+    done = run_smoke("table1.py", out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     result = json.loads((out / "table1.json").read_text())
@@ -54,10 +43,10 @@ def test_table1_smoke(tmp_path):
     markdown = (out / "table1.md").read_text()
     assert "FLAP 20%" in markdown and "paper's Table I" in markdown and "84.7" in markdown
 
-    again = run_smoke(out)
+    again = run_smoke("table1.py", out)
     assert again.returncode == 0 and "cached" in again.stdout and "running" not in again.stdout
 
 
 def test_table1_rejects_libero_suite(tmp_path):
-    done = run_smoke(tmp_path / "t1", "--suite", "libero_spatial")
+    done = run_smoke("table1.py", tmp_path / "t1", "--suite", "libero_spatial")
     assert done.returncode == 2 and "only --suite maniskill runs" in done.stderr

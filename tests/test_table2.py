@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_runner import run_smoke
 
-ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ["llm_pruner90_sft", "llm_pruner90_sft_int8", "llm_pruner90_sft_nf4"]
 COLUMNS = ["ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput"]
 FIGURES = ("fig2_success_vs_sparsity.png", "fig4_throughput_vs_sparsity.png")
-
-
-def run_smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MS_SKIP_ASSET_DOWNLOAD_PROMPT": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "table2.py"), "--preset", "smoke", "--output-dir", str(out),
-               *extra]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 @pytest.mark.sim
@@ -28,7 +17,7 @@ def run_smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_table2_smoke(tmp_path):
     pytest.importorskip("mani_skill")
     out = tmp_path / "table2"
-    done = run_smoke(out)
+    done = run_smoke("table2.py", out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     result = json.loads((out / "table2.json").read_text())
@@ -52,10 +41,10 @@ def test_table2_smoke(tmp_path):
         data = (out / figure).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
-    again = run_smoke(out)
+    again = run_smoke("table2.py", out)
     assert again.returncode == 0 and "cached" in again.stdout and "running" not in again.stdout
 
 
 def test_table2_rejects_bad_ratios(tmp_path):
-    done = run_smoke(tmp_path / "t2", "--ratios", "0.5", "1.0")
+    done = run_smoke("table2.py", tmp_path / "t2", "--ratios", "0.5", "1.0")
     assert done.returncode == 2 and "--ratios" in done.stderr

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_runner import run_smoke
 
 from vla_compress import component_sizes, load_vla
 from vla_compress.evaluation import ProfileResult, profile
 
-ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ["dense", "vla_cache", "dense_4bit", "llm_pruner20", "rlrc", "rlrc_4bit"]
 COLUMNS = ["ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput"]
 
@@ -57,10 +53,8 @@ def test_profile_rejects_non_policy():
 @pytest.mark.slow
 def test_table3_smoke(tmp_path):
     pytest.importorskip("mani_skill")
-    env = {**os.environ, "MS_SKIP_ASSET_DOWNLOAD_PROMPT": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "table3"
-    command = [sys.executable, str(ROOT / "benchmarks" / "table3.py"), "--preset", "smoke", "--output-dir", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = run_smoke("table3.py", out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     table = json.loads((out / "table3.json").read_text())
@@ -79,5 +73,5 @@ def test_table3_smoke(tmp_path):
     for figure in ("fig9_stages.png", "fig8_curves.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    again = run_smoke("table3.py", out, timeout=300)
     assert again.returncode == 0 and "cached" in again.stdout and "running" not in again.stdout

@@ -265,6 +265,17 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
     def action_indices_to_token_ids(self, action_indices: torch.Tensor) -> torch.Tensor:
         return action_indices + self.action_token_ids.start
 
+    def append_action_tokens(self, batch: dict[str, torch.Tensor],
+                             action_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A prompt batch (`input_ids`, `attention_mask`, ...) with `[B, 7]` action tokens appended,
+        ready for `action_forward` / `action_loss`."""
+        token_ids = self.action_indices_to_token_ids(action_indices.to(batch["input_ids"].device))
+        return {
+            **batch,
+            "input_ids": torch.cat([batch["input_ids"], token_ids], dim=1),
+            "attention_mask": torch.cat([batch["attention_mask"], torch.ones_like(token_ids)], dim=1),
+        }
+
     def decode_actions(self, action_indices: torch.Tensor | np.ndarray, unnorm_key: str | None = None,
                        normalized: bool = False) -> np.ndarray:
         """Action-vocabulary indices `[B, 7]` -> actions `[B, 7]` (un-normalised unless `normalized`)."""

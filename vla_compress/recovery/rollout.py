@@ -78,13 +78,10 @@ def act(model, value_head, images: np.ndarray, instructions, temperature: float,
 def training_inputs(model, images: np.ndarray, instructions, action_indices: torch.Tensor,
                     device: torch.device) -> dict[str, torch.Tensor]:
     """Model inputs whose sequences end with the stored action tokens (for re-scoring them)."""
-    pixel_values = model.processor.pixel_values(images)
     prompt = model.processor.tokenize(list(instructions))
-    action_ids = model.action_indices_to_token_ids(action_indices.cpu())
-    input_ids = torch.cat([prompt["input_ids"], action_ids], dim=1)
-    attention_mask = torch.cat([prompt["attention_mask"], torch.ones_like(action_ids)], dim=1)
-    return {"pixel_values": pixel_values.to(device), "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device), "action_indices": action_indices.to(device)}
+    batch = {"pixel_values": model.processor.pixel_values(images),
+             **model.append_action_tokens(prompt, action_indices.cpu())}
+    return {**{k: v.to(device) for k, v in batch.items()}, "action_indices": action_indices.to(device)}
 
 
 def env_actions(model, action_indices: torch.Tensor, unnorm_key: str | None) -> np.ndarray:
