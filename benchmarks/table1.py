@@ -6,9 +6,13 @@ pruning and again after SFT on the demos (`recover(model, sft=SFTConfig(...))`);
 models stay sparse through SFT (their zero weights get zero gradients; `sparsity` in the JSON is checked
 after SFT). Every row is evaluated on the IND and OOD tasks and profiled the same way.
 
-The paper measured Table I on LIBERO (spatial / long). `--suite` accepts the LIBERO names, but only
-`maniskill` runs: `vla_compress.evaluation.evaluate` supports the ManiSkill suite only and no LIBERO demos
-exist here. The paper's Table I is printed beside ours for reference; its columns are LIBERO's, not ours.
+The paper measured Table I on LIBERO (spatial / long; LIBERO-Long is `libero_10`). The default
+`--suite maniskill` runs our suite. `--suite libero_spatial` or `--suite libero_10` evaluates every row on
+LIBERO instead (`vla_compress.evaluation.evaluate` rolls LIBERO out; its 10 tasks all count as IND, so
+the OOD columns stay empty) and needs `--demos DIR` with LIBERO HDF5 demonstrations, read with
+`vla_compress.data.libero_hdf5.LiberoDataset`, for calibration and SFT: LIBERO's demos cannot be
+downloaded here, so bring your own (and a `--model` trained on LIBERO for meaningful success rates).
+The paper's Table I is printed beside ours for reference.
 
     python benchmarks/table1.py --demos /work/demos/maniskill_ind_128     # quick (default)
     python benchmarks/table1.py --preset smoke --output-dir /tmp/t1       # CI: numbers meaningless
@@ -20,6 +24,8 @@ Presets (override with the flags):
 - quick: from "tiny-maniskill"; SFT 500 steps at batch 8 per pruning method, 2 episodes per task on all
   25 tasks (11 evaluations; not yet run, estimated at 1-1.5 h on the 2-core CPU from table3's stage speeds).
 - paper: SFT 10k steps, 8 episodes per task, 80-step episodes; meant for a GPU and a real OpenVLA.
+On LIBERO, smoke evaluates task 0 for 8 steps; quick and paper all 10 tasks at the suite's episode
+length (220 steps for libero_spatial, 520 for libero_10).
 
 Stage-level caching under `--output-dir` (models/, sft/<key>/, eval/, profile/, sparsity/), as in
 table3.py. Outputs: table1.json, table1.md.
@@ -32,7 +38,6 @@ import dataclasses
 from typing import Any
 
 from common import (
-    LIBERO_NOTE,
     PAPER,
     SMOKE,
     Preset,
@@ -47,6 +52,7 @@ from common import (
     quantized,
     stage_lines,
     stage_seconds,
+    suite_note,
     table,
     write_json,
 )
@@ -127,7 +133,8 @@ def markdown(result: dict) -> str:
         *table(["method", "IND SR", "OOD SR", "IND SR after SFT", "OOD SR after SFT", "params (M)",
                 "LLM sparsity", "memory (MB)", "latency (ms)", "throughput (actions/s)"], cells),
         "", f"Suite: {result['suite_note']}", "",
-        "## The paper's Table I (OpenVLA-7B, LIBERO, RTX 5880 Ada; LIBERO columns, not ours)", "",
+        "## The paper's Table I (OpenVLA-7B, LIBERO, RTX 5880 Ada"
+        + ("; LIBERO columns, not ours)" if result["suite"] == "maniskill" else ")"), "",
         *table(["method", "spatial SR", "long SR", "spatial SR after SFT", "params (B)", "memory (GB)",
                 "latency (ms)", "throughput (samples/s)"],
                [[name, *(fmt(v, d) for v, d in zip(values, (1, 1, 1, 2, 3, 1, 1), strict=True))]
@@ -153,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{key}_sft", lambda: p.pruned(key, settings)), profiling=False, sparsity=unstructured)
         rows.append(row(key, method, before, after))
     result = {
-        "preset": args.preset, "model": p.model_name, "suite": args.suite, "suite_note": LIBERO_NOTE,
+        "preset": args.preset, "model": p.model_name, "suite": args.suite, "suite_note": suite_note(args.suite),
         "device": args.device, "dtype": args.dtype, "seed": args.seed, "settings": dataclasses.asdict(preset),
         "machine": machine(), "columns": list(COLUMNS), "rows": rows, "stage_seconds": stage_seconds(args.output_dir),
         "paper_table1": [dict(zip(PAPER_FIELDS, r, strict=True)) for r in PAPER_TABLE1],

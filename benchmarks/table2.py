@@ -7,8 +7,11 @@ and FLAP, without recovery (`--sweep-sft` fine-tunes every point first, as many 
 Fig. 4 (`fig4_throughput_vs_sparsity.png`): batch-1 throughput vs LLM-Pruner ratio, with and without NF4.
 Ratio 0 in both figures is the dense base.
 
-The paper's Table II is on LIBERO spatial; `--suite` accepts the LIBERO names but only `maniskill` runs
-(`vla_compress.evaluation.evaluate` supports the ManiSkill suite only; no LIBERO demos exist here).
+The paper's Table II is on LIBERO spatial. The default `--suite maniskill` runs our suite; `--suite
+libero_spatial` (or `libero_10`) evaluates on LIBERO instead (all 10 tasks count as IND, the OOD columns
+stay empty) and needs `--demos DIR` with LIBERO HDF5 demonstrations (read with
+`vla_compress.data.libero_hdf5.LiberoDataset`) for calibration and SFT, since LIBERO's demos cannot be
+downloaded here. `fig2.py` and `fig4.py` run the two sweeps on their own.
 
     python benchmarks/table2.py --demos /work/demos/maniskill_ind_128     # quick (default)
     python benchmarks/table2.py --preset smoke --output-dir /tmp/t2       # CI: numbers meaningless
@@ -20,6 +23,7 @@ Presets (override with the flags):
 - quick: ratios 0.1, 0.3, 0.5, 0.7, 0.9; SFT 1500 steps at batch 8; 2 episodes per task on all 25 tasks
   (14 evaluations; not yet run, estimated at 1-1.5 h on the 2-core CPU from table3's stage speeds).
 - paper: ratios 0.1 ... 0.9; SFT 10k steps; 8 episodes per task; meant for a GPU and a real OpenVLA.
+On LIBERO, smoke evaluates task 0 for 8 steps; quick and paper all 10 tasks at the suite's episode length.
 
 Stage-level caching under `--output-dir` (models/, sft/, eval/, profile/), as in table3.py. Outputs:
 table2.json, table2.md, fig2_success_vs_sparsity.png, fig4_throughput_vs_sparsity.png.
@@ -33,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    LIBERO_NOTE,
     PAPER,
     SMOKE,
+    SWEEP_METHODS,
     Preset,
     Stages,
     apply_flags,
     fmt,
+    key_of,
     machine,
     machine_line,
     parse_checked,
@@ -49,6 +54,7 @@ from common import (
     quantized,
     stage_lines,
     stage_seconds,
+    suite_note,
     table,
     write_json,
 )
@@ -66,8 +72,6 @@ PRESETS: dict[str, Table2Preset] = {
     "quick": Table2Preset(),
     "paper": Table2Preset(**PAPER, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
 }
-SWEEP_METHODS = {"llm_pruner": ("LLM-Pruner (block, Taylor)", {"method": "block", "importance": "taylor"}),
-                 "flap": ("FLAP", {"method": "flap"})}
 TABLE_RATIO = 0.9
 COLUMNS = ("ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput")
 
@@ -91,10 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--ratios must be in (0, 1), got {args.ratios}")
         args.ratios = tuple(sorted(set(args.ratios)))
     return args
-
-
-def key_of(method: str, ratio: float) -> str:
-    return f"{method}{round(ratio * 100):02d}"
 
 
 def row(key: str, method: str, measured: dict) -> dict:
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
                                                   evaluation=False)))
 
     result = {
-        "preset": args.preset, "model": p.model_name, "suite": args.suite, "suite_note": LIBERO_NOTE,
+        "preset": args.preset, "model": p.model_name, "suite": args.suite, "suite_note": suite_note(args.suite),
         "device": args.device, "dtype": args.dtype, "seed": args.seed, "settings": dataclasses.asdict(preset),
         "sweep_sft": args.sweep_sft, "machine": machine(), "columns": list(COLUMNS), "rows": rows,
         "fig2": fig2, "fig4": fig4, "stage_seconds": stage_seconds(args.output_dir),

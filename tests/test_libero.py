@@ -119,3 +119,31 @@ def test_libero_spatial_reset_and_step():
             assert not terminated[0] and truncated[0] == (t == 2) and not info["success"][0]
     finally:
         envs.close()
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(importlib.util.find_spec("libero") is None,
+                    reason='LIBERO is not installed: pip install "vla-compress[libero]"')
+def test_evaluate_random_policy_on_libero_spatial(tmp_path):
+    from vla_compress.envs.libero import task_names
+    from vla_compress.evaluation import RandomPolicy, evaluate
+
+    name = task_names("libero_spatial")[0]
+    result = evaluate(RandomPolicy(0), suite="libero_spatial", tasks=[0], episodes_per_task=1, num_envs=1,
+                      seed=3, image_size=32, max_episode_steps=5, progress=False, output=tmp_path / "eval.json")
+    assert list(result.success_rate) == [name] and result.success_rate[name] in (0.0, 1.0)
+    assert result.ind_success_rate == result.mean_success_rate == result.success_rate[name]
+    assert result.ood_success_rate is None and result.episodes_per_task == 1
+    (episode,) = result.episodes
+    assert episode["task"] == name and episode["episode"] == 0 and episode["init_state"] == 3
+    assert isinstance(episode["success"], bool)
+    assert episode["length"] == 5 or episode["success"]  # full length unless it succeeded earlier
+    assert result.mean_episode_length == episode["length"] and result.mean_return >= 0.0
+    assert json.loads((tmp_path / "eval.json").read_text())["success_rate"] == {name: result.success_rate[name]}
+
+
+def test_evaluate_rejects_unknown_suite():
+    from vla_compress.evaluation import RandomPolicy, evaluate
+
+    with pytest.raises(ValueError, match=r"suite must be one of .*'maniskill'.*'libero_spatial'.*'libero_10'"):
+        evaluate(RandomPolicy(0), suite="libero_long")

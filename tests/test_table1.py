@@ -47,6 +47,8 @@ def test_table1_smoke(tmp_path):
     assert again.returncode == 0 and "cached" in again.stdout and "running" not in again.stdout
 
 
-def test_table1_rejects_libero_suite(tmp_path):
+def test_table1_libero_suite_needs_demos(tmp_path):
     done = run_smoke("table1.py", tmp_path / "t1", "--suite", "libero_spatial")
-    assert done.returncode == 2 and "only --suite maniskill runs" in done.stderr
+    assert done.returncode == 2 and "needs --demos DIR" in done.stderr and "LiberoDataset" in done.stderr
+    done = run_smoke("table1.py", tmp_path / "t1", "--suite", "libero_long")
+    assert done.returncode == 2 and "libero_10" in done.stderr  # argparse lists the allowed suites

@@ -1,4 +1,4 @@
-"""Evaluation: success-rate rollouts on the simulation suite (IND / OOD)."""
+"""Evaluation: success-rate rollouts (ManiSkill IND / OOD, LIBERO) and memory / latency profiles."""
 
 from vla_compress.evaluation.profile import ProfileResult, profile
 from vla_compress.evaluation.success import EvalResult, RandomPolicy, evaluate

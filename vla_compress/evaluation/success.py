@@ -1,4 +1,4 @@
-"""Success-rate evaluation of a policy on the simulation suite (IND / OOD tasks)."""
+"""Success-rate evaluation of a policy on a simulation suite: ManiSkill (IND / OOD tasks) or LIBERO."""
 
 from __future__ import annotations
 
@@ -58,6 +58,36 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any device) or array-like as a numpy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _episodes(suite: str, tasks: str | list[str], episodes_per_task: int, seed: int,
+              max_episode_steps: int | None) -> tuple[list[str], list[str], list[str], int, list[tuple]]:
+    """(tasks, IND tasks, OOD tasks, episode length, jobs of (task, episode, env seed)) for ``suite``."""
+    from vla_compress.envs.libero import MAX_EPISODE_STEPS, resolve_libero_tasks
+    from vla_compress.envs.vector import SUITES
+
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    if suite == "maniskill":
+        from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
+
+        names = resolve_tasks(tasks)
+        steps = max_episode_steps or DEFAULT_EPISODE_STEPS
+        jobs = [(task, k, seed * 1_000_003 + ALL_TASKS.index(task) * 1_000 + k)
+                for task in names for k in range(episodes_per_task)]
+        return names, list(TASKS_IND), list(TASKS_OOD), steps, jobs
+    names = resolve_libero_tasks(suite, tasks)
+    steps = max_episode_steps or MAX_EPISODE_STEPS[suite]
+    # LIBERO's env seed picks the fixed init state (seed % 50): episode k starts from init state seed + k
+    jobs = [(task, k, seed + k) for task in names for k in range(episodes_per_task)]
+    return names, names, [], steps, jobs
+
+
 def evaluate(
     policy: PolicyLike,
     suite: str = "maniskill",
@@ -74,23 +104,27 @@ def evaluate(
     """Roll ``policy`` out on every task ``episodes_per_task`` times across ``num_envs`` parallel workers.
 
     ``policy`` has ``predict_action(images uint8 [B,H,W,3], instructions list[str], unnorm_key) -> [B,7]``
-    or is a callable with that signature. Episode ``k`` of a task always uses the same env seed, so
-    results are reproducible for a deterministic policy. Writes JSON to ``output`` when given.
+    or is a callable with that signature. Results are reproducible for a deterministic policy:
+
+    - ``suite="maniskill"``: ``tasks`` is 'ind', 'ood', 'all' or task ids; episode ``k`` of a task always
+      uses the same env seed; episodes last 60 steps unless ``max_episode_steps`` is given.
+    - ``suite="libero_spatial"`` / ``"libero_10"`` (extra ``vla-compress[libero]``): ``tasks`` is 'all'
+      (or 'ind'), LIBERO task names or indices 0..9; ``success_rate`` is keyed by LIBERO task name, every
+      task counts as IND (``ood_success_rate`` is None); episode ``k`` of a task starts from LIBERO's
+      fixed init state ``(seed + k) % 50`` (with ``seed=0``, OpenVLA's protocol: episode k on init state
+      k); episodes last 220 (spatial) / 520 (libero_10) steps unless ``max_episode_steps`` is given;
+      the gripper is in this package's convention (-1 closed / +1 open).
+
+    Writes JSON to ``output`` when given.
     """
-    from mani_skill.utils import common
-
     from vla_compress.envs import make_env
-    from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
 
-    tasks = resolve_tasks(tasks)
+    tasks, tasks_ind, tasks_ood, steps, jobs = _episodes(suite, tasks, episodes_per_task, seed, max_episode_steps)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     predict = getattr(policy, "predict_action", policy)
     if not callable(predict):
         raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
-    steps = max_episode_steps or DEFAULT_EPISODE_STEPS
-    jobs = [(task, k, seed * 1_000_003 + ALL_TASKS.index(task) * 1_000 + k)
-            for task in tasks for k in range(episodes_per_task)]
     num_envs = min(num_envs, len(jobs))
     envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps)
     episodes: list[dict[str, Any]] = []
@@ -100,24 +134,28 @@ def evaluate(
             batch = jobs[start:start + num_envs]
             batch += [batch[-1]] * (num_envs - len(batch))  # pad the last round; padded results dropped
             obs, info = envs.reset(seed=[j[2] for j in batch], options={"tasks": [j[0] for j in batch]})
+            init_states = info.get("init_state")  # LIBERO only
             success_step = np.full(num_envs, -1)
             returns = np.zeros(num_envs)
             for t in range(steps):
-                images = np.asarray(common.to_numpy(obs["image"]), dtype=np.uint8)
+                images = np.asarray(_to_numpy(obs["image"]), dtype=np.uint8)
                 instructions = [str(s) for s in np.asarray(info["instruction"]).reshape(num_envs)]
-                action = np.asarray(common.to_numpy(predict(images, instructions, unnorm_key=unnorm_key)),
+                action = np.asarray(_to_numpy(predict(images, instructions, unnorm_key=unnorm_key)),
                                     dtype=np.float32).reshape(num_envs, 7)
                 obs, reward, _, _, info = envs.step(np.clip(action, -1.0, 1.0))
-                returns += np.asarray(common.to_numpy(reward), dtype=np.float64).reshape(num_envs)
-                success = np.asarray(common.to_numpy(info["success"]), dtype=bool).reshape(num_envs)
+                returns += np.asarray(_to_numpy(reward), dtype=np.float64).reshape(num_envs)
+                success = np.asarray(_to_numpy(info["success"]), dtype=bool).reshape(num_envs)
                 success_step[(success_step < 0) & success] = t + 1
                 if (success_step > 0).all():  # success counts at first occurrence: stop early
                     break
             for i, (task, k, episode_seed) in enumerate(jobs[start:start + num_envs]):
-                episodes.append({"task": task, "episode": k, "seed": episode_seed,
-                                 "success": bool(success_step[i] > 0),
-                                 "length": int(success_step[i]) if success_step[i] > 0 else steps,
-                                 "return": float(returns[i])})
+                episode = {"task": task, "episode": k, "seed": episode_seed,
+                           "success": bool(success_step[i] > 0),
+                           "length": int(success_step[i]) if success_step[i] > 0 else steps,
+                           "return": float(returns[i])}
+                if init_states is not None:
+                    episode["init_state"] = int(np.asarray(init_states).reshape(num_envs)[i])
+                episodes.append(episode)
                 bar.update(1)
     finally:
         bar.close()
@@ -126,8 +164,8 @@ def evaluate(
     rate = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
     result = EvalResult(
         success_rate=rate,
-        ind_success_rate=_mean([r for t, r in rate.items() if t in TASKS_IND]),
-        ood_success_rate=_mean([r for t, r in rate.items() if t in TASKS_OOD]),
+        ind_success_rate=_mean([r for t, r in rate.items() if t in tasks_ind]),
+        ood_success_rate=_mean([r for t, r in rate.items() if t in tasks_ood]),
         mean_success_rate=float(np.mean(list(rate.values()))),
         mean_episode_length=float(np.mean([e["length"] for e in episodes])),
         mean_return=float(np.mean([e["return"] for e in episodes])),
