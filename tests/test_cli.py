@@ -119,6 +119,7 @@ def test_quantize_a_pruned_checkpoint(pruned_dir, tmp_path):
         (["quantize", "tiny", "--bits", "3", "--output", "unused"], "bits"),
         (["prune", "tiny", "--ratio", "0.5", "--importance", "nope", "--output", "unused"], "importance"),
         (["info", "tiny", "--dtype", "int3"], "dtype"),
+        (["evaluate", "tiny", "--suite", "libero_long", "--output", "unused"], "suite"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, argument, tmp_path, monkeypatch):

@@ -345,11 +345,16 @@ def evaluate(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSON file for the results.")] = Path(
         "evaluation.json"
     ),
-    tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = "all",
+    suite: Annotated[
+        str, typer.Option(help="maniskill, libero_spatial or libero_10 (LIBERO needs vla-compress[libero]).")
+    ] = "maniskill",
+    tasks: Annotated[
+        str, typer.Option(help=TASKS_HELP + " LIBERO: all, task names or indices 0..9, comma-separated.")
+    ] = "all",
     episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
     num_envs: Annotated[int, typer.Option(help="Parallel simulator workers.")] = 1,
     max_episode_steps: Annotated[
-        int | None, typer.Option(help="Episode length (default: the suite's, 60).")
+        int | None, typer.Option(help="Episode length (default: the suite's: 60, LIBERO 220 / 520).")
     ] = None,
     image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
@@ -357,11 +362,12 @@ def evaluate(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
-    """Success rate on the ManiSkill3 suite (in-distribution and held-out tasks); needs the simulator.
+    """Success rate on a simulator suite: ManiSkill3 (in-distribution and held-out tasks) or LIBERO.
 
     \b
-    Example:
+    Examples:
         vla-compress evaluate p90-rec --tasks ood --episodes 10 -o ood.json
+        vla-compress evaluate my-libero-vla --suite libero_spatial --episodes 50
     """
     from vla_compress.evaluation import evaluate as evaluate_policy
 
@@ -369,6 +375,7 @@ def evaluate(
         loaded = load_model(model, device, dtype)
         result = evaluate_policy(
             loaded,
+            suite=suite,
             tasks=parse_tasks(tasks),
             episodes_per_task=episodes,
             num_envs=num_envs,

@@ -62,8 +62,10 @@ class PutCubeOnPlateEnv(BaseEnv):
 
     @property
     def _default_sensor_configs(self):
-        pose = sapien_utils.look_at(eye=[0.45, 0.0, 0.6], target=[-0.05, 0.0, 0.0])
-        return [CameraConfig("base_camera", pose, 128, 128, 0.8, 0.01, 100)]
+        # A low frontal view: gripper height and finger opening are visible (a top-down view hides both,
+        # and the first tiny-maniskill trained on it never learned when to descend or close).
+        pose = sapien_utils.look_at(eye=[0.45, 0.0, 0.38], target=[-0.1, 0.0, 0.04])
+        return [CameraConfig("base_camera", pose, 128, 128, 0.9, 0.01, 100)]
 
     @property
     def _default_human_render_camera_configs(self):
