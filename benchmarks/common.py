@@ -85,6 +85,20 @@ PAPER = {"model": "openvla/openvla-7b", "sft_steps": 10_000, "episodes": 8, "sft
          "profile_batch": 8, "profile_warmup": 5, "profile_iters": 50}
 
 
+@dataclasses.dataclass
+class SweepPreset(Preset):
+    """The shared stage sizes plus the pruning ratios of a sparsity sweep (Table II, Figs. 2 and 4)."""
+
+    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+SWEEP_PRESETS: dict[str, SweepPreset] = {
+    "smoke": SweepPreset(**SMOKE, ratios=(0.5, 0.9)),
+    "quick": SweepPreset(),
+    "paper": SweepPreset(**PAPER, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+}
+
+
 # ---- arguments ---------------------------------------------------------------------------------------------
 def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
                suite: bool = False) -> argparse.ArgumentParser:
@@ -108,9 +122,15 @@ def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
     return parser
 
 
+def add_ratios_flag(parser: argparse.ArgumentParser, help: str = "pruning ratios, each in (0, 1)") -> None:
+    """`--ratios`, checked and sorted by `parse_checked`."""
+    parser.add_argument("--ratios", type=float, nargs="+", default=None, help=help)
+
+
 def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
                   positive: Sequence[str]) -> argparse.Namespace:
-    """Parse `argv`; flags named in `positive` must be >= 1 when given; a LIBERO `--suite` needs `--demos`."""
+    """Parse `argv`; flags named in `positive` must be >= 1 when given; a LIBERO `--suite` needs `--demos`;
+    `--ratios` (see `add_ratios_flag`) must lie in (0, 1) and comes back sorted without repeats."""
     args = parser.parse_args(argv)
     for name in positive:
         value = getattr(args, name)
@@ -122,6 +142,11 @@ def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
             parser.error(f"--suite {suite} {LIBERO_DEMOS_HELP}")
         if importlib.util.find_spec("libero") is None:
             parser.error(f"--suite {suite}: {INSTALL_HELP}")
+    ratios = getattr(args, "ratios", None)
+    if ratios is not None:
+        if not all(0 < r < 1 for r in ratios):
+            parser.error(f"--ratios must be in (0, 1), got {ratios}")
+        args.ratios = tuple(sorted(set(ratios)))
     return args
 
 

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    PAPER,
-    SMOKE,
     SWEEP_METHODS,
-    Preset,
+    SWEEP_PRESETS,
     Stages,
+    add_ratios_flag,
     apply_flags,
     fmt,
     key_of,
@@ -58,30 +57,13 @@ from common import (
     write_json,
 )
 
-
-@dataclasses.dataclass
-class Fig2Preset(Preset):
-    """The shared stage sizes plus the pruning ratios of the sweep."""
-
-    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-PRESETS: dict[str, Fig2Preset] = {
-    "smoke": Fig2Preset(**SMOKE, ratios=(0.5, 0.9)),
-    "quick": Fig2Preset(),
-    "paper": Fig2Preset(**PAPER, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-}
 COLUMNS = ("method", "ratio", "ind_sr", "ood_sr", "mean_sr", "params", "param_fraction", "memory_mb")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = parser_for(__doc__, PRESETS, "outputs/fig2", suite=True)
-    parser.add_argument("--ratios", type=float, nargs="+", default=None, help="pruning ratios, each in (0, 1)")
+    parser = parser_for(__doc__, SWEEP_PRESETS, "outputs/fig2", suite=True)
+    add_ratios_flag(parser)
     args = parse_checked(parser, argv, ("episodes", "threads"))
-    if args.ratios is not None:
-        if not all(0 < r < 1 for r in args.ratios):
-            parser.error(f"--ratios must be in (0, 1), got {args.ratios}")
-        args.ratios = tuple(sorted(set(args.ratios)))
     return args
 
 
@@ -97,7 +79,7 @@ def row(key: str, method: str, ratio: float, measured: dict, dense_params: int) 
 
 
 def run(args: argparse.Namespace) -> dict:
-    preset = apply_flags(PRESETS[args.preset], args, ("model", "episodes", "threads", "ratios"))
+    preset = apply_flags(SWEEP_PRESETS[args.preset], args, ("model", "episodes", "threads", "ratios"))
     p = Stages("fig2", args, preset)
     p.setup()
     dense = p.measure("dense", p.base)

@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    PAPER,
-    SMOKE,
-    Preset,
+    SWEEP_PRESETS,
     Stages,
+    add_ratios_flag,
     apply_flags,
     fmt,
     key_of,
@@ -60,19 +59,6 @@ from common import (
     write_json,
 )
 
-
-@dataclasses.dataclass
-class Fig4Preset(Preset):
-    """The shared stage sizes (only the model, calibration and profile ones apply) plus the ratios."""
-
-    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-PRESETS: dict[str, Fig4Preset] = {
-    "smoke": Fig4Preset(**SMOKE, ratios=(0.5, 0.9)),
-    "quick": Fig4Preset(),
-    "paper": Fig4Preset(**PAPER, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-}
 IMPORTANCES = ("l2", "l1", "taylor")
 PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 QUANTIZED = "4bit"
@@ -80,15 +66,11 @@ COLUMNS = ("ratio", "precision", "throughput", "throughput_batch", "inference_ms
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = parser_for(__doc__, PRESETS, "outputs/fig4")
-    parser.add_argument("--ratios", type=float, nargs="+", default=None, help="pruning ratios, each in (0, 1)")
+    parser = parser_for(__doc__, SWEEP_PRESETS, "outputs/fig4")
+    add_ratios_flag(parser)
     parser.add_argument("--importance", choices=IMPORTANCES, default="l2",
                         help="block-wise importance; the shapes (and timings) are the same for every criterion")
     args = parse_checked(parser, argv, ("threads",))
-    if args.ratios is not None:
-        if not all(0 < r < 1 for r in args.ratios):
-            parser.error(f"--ratios must be in (0, 1), got {args.ratios}")
-        args.ratios = tuple(sorted(set(args.ratios)))
     return args
 
 
@@ -109,7 +91,7 @@ def row(key: str, sparsity: float, quantization: str | None, prof: dict) -> dict
 
 
 def run(args: argparse.Namespace) -> dict:
-    preset = apply_flags(PRESETS[args.preset], args, ("model", "threads", "ratios"))
+    preset = apply_flags(SWEEP_PRESETS[args.preset], args, ("model", "threads", "ratios"))
     p = Stages("fig4", args, preset)
     p.setup()
     settings = {"method": "block", "importance": args.importance}

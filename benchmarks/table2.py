@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    PAPER,
-    SMOKE,
     SWEEP_METHODS,
-    Preset,
+    SWEEP_PRESETS,
     Stages,
+    add_ratios_flag,
     apply_flags,
     fmt,
     key_of,
@@ -59,19 +58,6 @@ from common import (
     write_json,
 )
 
-
-@dataclasses.dataclass
-class Table2Preset(Preset):
-    """The shared stage sizes plus the pruning ratios of the sweeps (Figs. 2 and 4)."""
-
-    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-PRESETS: dict[str, Table2Preset] = {
-    "smoke": Table2Preset(**SMOKE, ratios=(0.5, 0.9)),
-    "quick": Table2Preset(),
-    "paper": Table2Preset(**PAPER, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-}
 TABLE_RATIO = 0.9
 COLUMNS = ("ind_sr", "ood_sr", "memory_mb", "inference_ms", "throughput")
 
@@ -85,15 +71,10 @@ PAPER_FIELDS = ("method", "spatial_sr", "memory_gb", "throughput")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = parser_for(__doc__, PRESETS, "outputs/table2", suite=True)
-    parser.add_argument("--ratios", type=float, nargs="+", default=None,
-                        help="pruning ratios of the Fig. 2 / Fig. 4 sweeps, each in (0, 1)")
+    parser = parser_for(__doc__, SWEEP_PRESETS, "outputs/table2", suite=True)
+    add_ratios_flag(parser, help="pruning ratios of the Fig. 2 / Fig. 4 sweeps, each in (0, 1)")
     parser.add_argument("--sweep-sft", action="store_true", help="SFT every Fig. 2 point before evaluating it")
     args = parse_checked(parser, argv, ("sft_steps", "episodes", "threads"))
-    if args.ratios is not None:
-        if not all(0 < r < 1 for r in args.ratios):
-            parser.error(f"--ratios must be in (0, 1), got {args.ratios}")
-        args.ratios = tuple(sorted(set(args.ratios)))
     return args
 
 
@@ -119,7 +100,7 @@ def point(ratio: float, measured: dict) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    preset = apply_flags(PRESETS[args.preset], args, ("model", "sft_steps", "episodes", "threads", "ratios"))
+    preset = apply_flags(SWEEP_PRESETS[args.preset], args, ("model", "sft_steps", "episodes", "threads", "ratios"))
     p = Stages("table2", args, preset)
     p.setup()
 
