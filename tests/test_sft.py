@@ -86,3 +86,34 @@ def test_bad_config_raises_before_work(overrides, match):
     config = SFTConfig(**{"data": synthetic_samples(2, 0), **overrides})
     with pytest.raises(ValueError, match=match):
         train_sft(small_model(), config)
+
+
+def test_resident_demos_build_the_same_batches_as_make_batch():
+    from vla_compress.data import ResidentDemos
+    from vla_compress.recovery.sft import make_batch
+
+    model = small_model()
+    samples = synthetic_samples(12, seed=3)
+    samples[0]["instruction"] = "put the red cube on the plate now please"  # longer prompt: global padding
+    stats = {"d": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}}
+    model.config.norm_stats = stats
+    resident = ResidentDemos(samples, model.processor, stats)
+    indices = np.array([5, 1, 7, 7])
+    for augment in (False, True):
+        expected = make_batch(model, [samples[i] for i in indices], rng=np.random.default_rng(9) if augment else None)
+        got = resident.make_batch(model, indices, np.random.default_rng(9) if augment else None)
+        torch.testing.assert_close(got["pixel_values"], expected["pixel_values"])
+        with torch.no_grad():
+            torch.testing.assert_close(model.action_loss(**got), model.action_loss(**expected))
+        assert torch.equal(got["input_ids"][:, -7:], expected["input_ids"][:, -7:])
+
+
+def test_sft_trains_from_resident_demos(tmp_path):
+    from vla_compress.data import ResidentDemos
+
+    model = small_model()
+    held_out = synthetic_samples(16, seed=1)
+    before = held_out_metrics(model, held_out)["eval/action_loss"]
+    data = ResidentDemos(synthetic_samples(64, seed=0), model.processor, None)
+    model = train_sft(model, SFTConfig(data=data, steps=12, batch_size=8, lr=1e-3, warmup_steps=2, progress=False))
+    assert held_out_metrics(model, held_out)["eval/action_loss"] < 0.5 * before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,12 +31,30 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def build_model(config: OpenVLAConfig, seed: int = 0) -> OpenVLAForActionPrediction:
-    """A randomly initialised model with a processor (word tokenizer for small vocabularies)."""
+    """A randomly initialised model with a processor.
+
+    The processor's tokenizer is the small presets' word-level one, sized to the config's vocabulary
+    (action tokens last, as OpenVLA's). For `openvla-7b` it stands in for Llama 2's SentencePiece model,
+    which a random-weight model has no use for beyond shapes (profiling); real checkpoints bring theirs.
+    """
     torch.manual_seed(seed)
     model = OpenVLAForActionPrediction(config)
-    if config.action_vocab_end == 512:
-        model.processor = OpenVLAProcessor.from_config(config, build_word_tokenizer(vocab_size=512))
+    tokenizer = build_word_tokenizer(vocab_size=config.action_vocab_end, n_action_bins=config.n_action_bins)
+    model.processor = OpenVLAProcessor.from_config(config, tokenizer)
     return model
+
+
+@contextmanager
+def _built_on(device: str | torch.device, dtype: torch.dtype | None):
+    """Create parameters directly on `device` in `dtype` (a 7B model never passes through host fp32)."""
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _is_openvla_dir(path: Path) -> bool:
@@ -86,7 +105,8 @@ def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype
         if name == "openvla-7b":
             warnings.warn("preset 'openvla-7b' has random weights; load 'openvla/openvla-7b' for the real policy",
                           stacklevel=2)
-        model = build_model(preset_config(name), seed=seed)
+        with _built_on(device, dtype):
+            model = build_model(preset_config(name), seed=seed)
         return model.to(device=device, dtype=dtype).eval()
     path = Path(name).expanduser()
     if path.exists():

@@ -72,14 +72,17 @@ class OpenVLAProcessor:
 
     # ---- images ---------------------------------------------------------------------------------------
     def pixel_values(self, images: np.ndarray | torch.Tensor | Sequence) -> torch.Tensor:
-        """uint8 RGB `[B, H, W, 3]` -> float `[B, 3 * n_backbones, S, S]`, normalised per backbone."""
+        """uint8 RGB `[B, H, W, 3]` -> float `[B, 3 * n_backbones, S, S]`, normalised per backbone.
+
+        A torch tensor is transformed on its own device (a GPU-resident batch stays on the GPU)."""
         batch = _as_image_batch(images).permute(0, 3, 1, 2).float().div_(255.0)
         size = self.image_sizes[0]
         if tuple(batch.shape[-2:]) != (size, size):
             batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
             batch = batch.clamp_(0.0, 1.0)
         normalised = [
-            (batch - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+            (batch - torch.tensor(m, device=batch.device).view(1, 3, 1, 1))
+            / torch.tensor(s, device=batch.device).view(1, 3, 1, 1)
             for m, s in zip(self.means, self.stds)
         ]
         return torch.cat(normalised, dim=1)

@@ -29,7 +29,8 @@ Sample = dict[str, Any]  # {"image": uint8 [H, W, 3], "instruction": str, "actio
 
 @dataclass
 class SFTConfig:
-    """Settings of the SFT stage. `data` is a map-style dataset or a sequence of samples."""
+    """Settings of the SFT stage. `data` is a map-style dataset or a sequence of samples; one with a
+    `make_batch(model, indices, rng)` method (`vla_compress.data.ResidentDemos`) builds its own batches."""
 
     data: Sequence[Sample] | None = None
     steps: int = 10_000
@@ -171,8 +172,12 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         loss_sum = 0.0
         for micro in range(config.grad_accum):
             rng = np.random.default_rng([config.seed, step, micro, accelerator.process_index])
-            samples = [config.data[int(i)] for i in rng.integers(0, n, size=config.batch_size)]
-            batch = make_batch(model, samples, config.unnorm_key, rng if config.augment else None)
+            indices = rng.integers(0, n, size=config.batch_size)
+            shift_rng = rng if config.augment else None
+            if hasattr(config.data, "make_batch"):  # e.g. ResidentDemos: built on the device
+                batch = config.data.make_batch(model, indices, shift_rng)
+            else:
+                batch = make_batch(model, [config.data[int(i)] for i in indices], config.unnorm_key, shift_rng)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(prepared):
                 loss = prepared(**batch)

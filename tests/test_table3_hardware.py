@@ -1,0 +1,46 @@
+"""`benchmarks/table3_hardware.py` (Table III's hardware columns, no simulator) and the 7B preset it profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from vla_compress.modeling import build_model, preset_config
+from vla_compress.modeling.loading import _built_on
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_table3_hardware_rows_on_tiny(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "table3_hardware.py"), "--model", "tiny", "--device", "cpu",
+               "--dtype", "float32", "--iters", "2", "--warmup", "1", "--batch-size", "2", "--round-to", "8",
+               "--output-dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "table3_hardware.json").read_text())
+    rows = {r["key"]: r for r in result["rows"]}
+    assert list(rows) == ["dense", "dense_8bit", "dense_4bit", "llm_pruner20", "rlrc", "rlrc_4bit"]
+    assert rows["dense"]["memory_gb_vs_dense"] == 1.0
+    # pruning and quantization shrink the stored bytes, in the expected order
+    assert rows["rlrc_4bit"]["memory_gb"] < rows["rlrc"]["memory_gb"] < rows["llm_pruner20"]["memory_gb"]
+    assert rows["llm_pruner20"]["memory_gb"] < rows["dense"]["memory_gb"]
+    assert rows["dense_4bit"]["memory_gb"] < rows["dense_8bit"]["memory_gb"] < rows["dense"]["memory_gb"]
+    assert all(r["latency_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
+    assert result["settings"]["round_to"] == 8 and "RLRC-4bit" in (tmp_path / "table3_hardware.md").read_text()
+
+
+def test_openvla_7b_preset_builds_with_a_processor_without_host_memory():
+    with _built_on("meta", torch.bfloat16):
+        model = build_model(preset_config("openvla-7b"))
+    assert torch.get_default_dtype() == torch.float32  # restored
+    params = sum(p.numel() for p in model.parameters())
+    assert 7.4e9 < params < 7.7e9 and next(model.parameters()).dtype == torch.bfloat16
+    ids = model.processor.prompt_ids("put the red cube on the blue plate")
+    assert ids[0] == 1 and max(ids) < 32000 - 256  # words below the 256 action tokens
+    assert model.processor.action_tokenizer.vocab_end == 32000
