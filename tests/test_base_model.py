@@ -1,17 +1,14 @@
-"""The shipped base policy `tiny-maniskill`: it loads from package data and has learned the expert."""
+"""The shipped base policy `tiny-maniskill`: it loads from package data and succeeds in the simulator."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vla_compress import load_vla
-from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.presets import shipped_preset_dir
-from vla_compress.recovery.sft import held_out_metrics
 
 
 def test_shipped_preset_loads_as_float32_with_norm_stats():
@@ -28,14 +25,15 @@ def test_shipped_preset_loads_as_float32_with_norm_stats():
 
 
 @pytest.mark.sim
-def test_shipped_preset_predicts_fresh_expert_actions_far_better_than_untrained(tmp_path: Path):
-    from vla_compress.data import DemoDataset, generate_demos
+def test_shipped_preset_succeeds_on_seeded_ind_episodes():
+    """The issue's CI check: a few seeded IND episodes of two of its better tasks, greedy decoding.
 
-    generate_demos(tmp_path, tasks=["green_cube_on_yellow_plate"], episodes_per_task=1, seed=123, progress=False)
-    samples = list(DemoDataset(tmp_path))
-    trained = held_out_metrics(load_vla("tiny-maniskill"), samples)
-    untrained = build_model(preset_config("tiny"))
-    untrained.config.norm_stats = load_vla("tiny-maniskill").config.norm_stats
-    baseline = held_out_metrics(untrained, samples)
-    assert trained["eval/action_loss"] < 0.5 * baseline["eval/action_loss"]
-    assert trained["eval/token_accuracy"] > 0.5
+    Measured when shipped: 5 of these 6 episodes succeed (31 s on 2 CPU cores); an untrained or
+    0%-success policy never places a cube, so at least 2 of 6 is a meaningful floor.
+    """
+    from vla_compress.evaluation import evaluate
+
+    result = evaluate(load_vla("tiny-maniskill"), tasks=["red_cube_on_red_plate", "purple_cube_on_blue_plate"],
+                      episodes_per_task=3, num_envs=2, seed=0, progress=False)
+    assert result.ind_success_rate >= 2 / 6, result.success_rate
+    assert result.mean_return > 0
