@@ -10,7 +10,7 @@ parameters and bytes. The paper's figure is on LIBERO; its values are not in our
 stays empty) and needs `--demos DIR` with LIBERO HDF5 demonstrations for the calibration, read with
 `vla_compress.data.libero_hdf5.LiberoDataset` (LIBERO's demos cannot be downloaded here).
 
-    python benchmarks/fig2.py --demos /work/demos/maniskill_ind_128     # quick (default)
+    python benchmarks/fig2.py --demos DEMOS                              # quick (default)
     python benchmarks/fig2.py --preset smoke --output-dir /tmp/fig2       # CI: numbers meaningless
     python benchmarks/fig2.py --preset paper --device cuda --dtype bfloat16 --demos DIR
 

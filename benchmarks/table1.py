@@ -14,7 +14,7 @@ the OOD columns stay empty) and needs `--demos DIR` with LIBERO HDF5 demonstrati
 downloaded here, so bring your own (and a `--model` trained on LIBERO for meaningful success rates).
 The paper's Table I is printed beside ours for reference.
 
-    python benchmarks/table1.py --demos /work/demos/maniskill_ind_128     # quick (default)
+    python benchmarks/table1.py --demos DEMOS                              # quick (default)
     python benchmarks/table1.py --preset smoke --output-dir /tmp/t1       # CI: numbers meaningless
     python benchmarks/table1.py --preset paper --device cuda --dtype bfloat16 --demos DIR
 

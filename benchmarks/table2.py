@@ -13,7 +13,7 @@ stay empty) and needs `--demos DIR` with LIBERO HDF5 demonstrations (read with
 `vla_compress.data.libero_hdf5.LiberoDataset`) for calibration and SFT, since LIBERO's demos cannot be
 downloaded here. `fig2.py` and `fig4.py` run the two sweeps on their own.
 
-    python benchmarks/table2.py --demos /work/demos/maniskill_ind_128     # quick (default)
+    python benchmarks/table2.py --demos DEMOS                              # quick (default)
     python benchmarks/table2.py --preset smoke --output-dir /tmp/t2       # CI: numbers meaningless
     python benchmarks/table2.py --preset paper --device cuda --dtype bfloat16 --demos DIR
 

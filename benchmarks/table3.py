@@ -5,7 +5,7 @@ NF4); LLM-Pruner 20% (block-wise, Taylor, no recovery); RLRC (block-wise 90% Tay
 RLRC-4bit (RLRC + NF4). Every row is evaluated on the IND and OOD tasks and profiled the same way
 (`vla_compress.evaluation.profile`).
 
-    python benchmarks/table3.py --demos /work/demos/maniskill_ind_128     # quick (default), ~1 h on 2 CPU cores
+    python benchmarks/table3.py --demos DEMOS                              # quick (default), 22 min on 2 CPU cores
     python benchmarks/table3.py --preset smoke --output-dir /tmp/t3       # CI: seconds per stage, numbers meaningless
     python benchmarks/table3.py --preset paper --device cuda --dtype bfloat16 --model openvla/openvla-7b
 
@@ -13,11 +13,8 @@ Presets (override any with the flags):
 - smoke: 3 SFT steps, one PPO update of one 8-step episode, 1 episode of 2 tasks (1 IND, 1 OOD) of 8
   steps per evaluation; falls back to the random "tiny" model when "tiny-maniskill" is not installed.
 - quick: from the shipped "tiny-maniskill" base; SFT 1500 steps at batch 8, PPO 1200 env steps (10 updates
-  of 2 envs x one 60-step episode), 2 episodes per task on all 25 tasks. Sized from stage speeds measured
-  on a 2-core x86_64 CPU (nice 19, 1 torch thread, next to a 2-thread training job; docs/benchmarks.md):
-  Taylor pruning ~1.5 s; SFT of the 90%-pruned tiny model ~5 steps/s at batch 8 (~5 min); PPO ~8-11 env
-  steps/s with updates (~2.5 min); evaluation ~6 s per failed 60-step episode with 2 envs, so 7
-  evaluations x 50 episodes take 20-35 min. Total: about 30-45 min.
+  of 2 envs x one 60-step episode), 2 episodes per task on all 25 tasks. Measured on a 2-core x86_64 CPU
+  (2026-11-26, docs/benchmarks.md): 22 min in all; each evaluation 2.2-5 min, SFT 164 s, PPO 80 s.
 - paper: RLRC's settings: SFT 10k steps, PPO 0.6M env steps with 64 envs x 80-step episodes, 8 episodes
   per task; meant for a GPU and a real OpenVLA checkpoint.
 
