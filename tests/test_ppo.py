@@ -25,6 +25,7 @@ class FakeTaskEnv(gym.Env):
 
     crash_on_step: int | None = None  # class-wide: raise once at this global step count
     nan_reward_after: int | None = None  # class-wide: NaN rewards once this many resets happened
+    zero_rewards = False  # class-wide: every reward is 0 (a rollout without any policy signal)
     steps = 0
     resets = 0
 
@@ -54,6 +55,8 @@ class FakeTaskEnv(gym.Env):
         reward = float(self.np_random.choice([0.0, 0.1, 1.0]))
         if FakeTaskEnv.nan_reward_after is not None and FakeTaskEnv.resets > FakeTaskEnv.nan_reward_after:
             reward = float("nan")
+        if FakeTaskEnv.zero_rewards:
+            reward = 0.0
         return self._obs(), reward, False, self.t >= self.episode_steps, self._info()
 
 
@@ -66,7 +69,7 @@ def fake_factory(num_envs: int = 2, episode_steps: int = 4):
 
 @pytest.fixture(autouse=True)
 def _reset_fake_env():
-    FakeTaskEnv.crash_on_step, FakeTaskEnv.nan_reward_after = None, None
+    FakeTaskEnv.crash_on_step, FakeTaskEnv.nan_reward_after, FakeTaskEnv.zero_rewards = None, None, False
     FakeTaskEnv.steps = FakeTaskEnv.resets = 0
     yield
 
@@ -172,6 +175,17 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert key in rows[-1]
     with pytest.raises(ValueError, match="resume=True"):  # an existing run is never overwritten silently
         tiny_config(tmp_path, "resumed", updates=2).validate()
+
+
+def test_rollout_without_reward_trains_the_critic_only(tmp_path):
+    FakeTaskEnv.zero_rewards = True
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path))
+    row = read_metrics(tmp_path / "run")[-1]  # zero advantages: the clipped policy loss is exactly 0
+    assert row["charts/policy_updated"] == 0.0 and row["losses/policy_loss"] == 0.0 and row["losses/value_loss"] > 0
+    with_reward = tmp_path / "with_reward"
+    FakeTaskEnv.zero_rewards = False
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path, "with_reward"))
+    assert read_metrics(with_reward)[-1]["charts/policy_updated"] == 1.0
 
 
 def test_env_crash_is_recovered(tmp_path):

@@ -68,6 +68,9 @@ class PPOConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     norm_adv: bool = True  # normalise advantages over the whole buffer
+    # A rollout with no reward anywhere carries no policy signal: normalising its advantages would blow the
+    # critic's noise up to unit variance and push the policy at random. Such updates train the critic only.
+    skip_policy_without_reward: bool = True
     clip_coef: float = 0.2
     vf_clip_coef: float = 0.2
     huber_delta: float = 10.0
@@ -304,14 +307,21 @@ def collect_rollout(runner: EnvRunner, model, value_head, buffer: RolloutBuffer,
 
 # ---- update ---------------------------------------------------------------------------------------------------
 def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, advantages: torch.Tensor,
-               returns: torch.Tensor, config: PPOConfig, generator: torch.Generator) -> dict[str, float]:
-    """One PPO update (update_epochs passes of shuffled minibatches); returns mean diagnostics."""
+               returns: torch.Tensor, config: PPOConfig, generator: torch.Generator,
+               policy_signal: bool = True) -> dict[str, float]:
+    """One PPO update (update_epochs passes of shuffled minibatches); returns mean diagnostics.
+
+    `policy_signal=False` (a rollout whose episodes earned no reward) zeroes the advantages: the update
+    trains the critic only.
+    """
     b_images = buffer.images.reshape(-1, *buffer.images.shape[2:])
     b_instructions = buffer.instructions.reshape(-1)
     b_action_indices = buffer.action_indices.reshape(-1, buffer.action_indices.shape[-1])
     b_log_probs, b_values = buffer.log_probs.reshape(-1), buffer.values.reshape(-1)
     b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
-    if config.norm_adv:  # over the whole buffer, as in RL4VLA
+    if not policy_signal:
+        b_advantages = torch.zeros_like(b_advantages)  # pg loss 0: only the critic learns from this rollout
+    elif config.norm_adv:  # over the whole buffer, as in RL4VLA
         b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
 
     agent.train()
@@ -354,6 +364,7 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
             n_minibatches += 1
     metrics = {f"losses/{k}": v / n_minibatches for k, v in sums.items()}
     metrics["losses/explained_variance"] = explained_variance(b_values, b_returns)
+    metrics["charts/policy_updated"] = float(policy_signal)
     return metrics
 
 
@@ -447,8 +458,10 @@ def train_ppo(model, config: PPOConfig) -> Any:
                                               config.gamma, config.gae_lambda)
 
             # 3. PPO update
+            # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
+            signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
-                                 shuffle_generator)
+                                 shuffle_generator, policy_signal=signal)
 
             # 4. logs and checkpoints
             global_step = (update + 1) * batch_size * world
