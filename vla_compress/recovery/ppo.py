@@ -71,6 +71,8 @@ class PPOConfig:
     # A rollout with no reward anywhere carries no policy signal: normalising its advantages would blow the
     # critic's noise up to unit variance and push the policy at random. Such updates train the critic only.
     skip_policy_without_reward: bool = True
+    # True (RL4VLA): the value loss also trains the shared VLA; False: only the value head learns from it.
+    critic_trains_backbone: bool = True
     clip_coef: float = 0.2
     vf_clip_coef: float = 0.2
     huber_delta: float = 10.0
@@ -412,7 +414,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
         model = model.to(getattr(torch, str(config.dtype).removeprefix("torch.")))
     model = model.to(accelerator.device)
     value_head = ValueHead(model.config.text_config.hidden_size).to(accelerator.device)
-    agent = ActorCritic(model, value_head)
+    agent = ActorCritic(model, value_head, config.critic_trains_backbone)
     optimizer = torch.optim.AdamW([
         {"params": [p for p in model.parameters() if p.requires_grad], "lr": config.learning_rate},
         {"params": list(value_head.parameters()), "lr": config.critic_learning_rate},

@@ -49,17 +49,19 @@ class ActorCritic(nn.Module):
     `forward` is the PPO training pass: it re-scores stored action tokens and predicts values.
     """
 
-    def __init__(self, model: nn.Module, value_head: ValueHead) -> None:
+    def __init__(self, model: nn.Module, value_head: ValueHead, critic_trains_backbone: bool = True) -> None:
         super().__init__()
         self.model = model
         self.value_head = value_head
+        self.critic_trains_backbone = critic_trains_backbone  # False: the value loss reaches the head only
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 action_indices: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, ...]:
         """(new_log_probs [B], entropy [B], new_values [B]) of sequences ending in the 7 action tokens."""
         out = self.model.action_forward(pixel_values, input_ids, attention_mask)
         new_log_probs, entropy = self.model.action_token_log_probs(out.action_logits, action_indices, temperature)
-        return new_log_probs, entropy, self.value_head(out.critic_features)
+        features = out.critic_features if self.critic_trains_backbone else out.critic_features.detach()
+        return new_log_probs, entropy, self.value_head(features)
 
     def save_pretrained(self, directory: str | Path, **kwargs) -> None:
         """The model's `save_pretrained` files plus `value_head.safetensors` (one checkpoint dir)."""
