@@ -18,8 +18,7 @@ Presets (override with the flags):
 - smoke: ratios 0.5 and 0.9; 1 episode of 2 tasks (1 IND, 1 OOD) of 8 steps per evaluation; falls back
   to the random "tiny" model when "tiny-maniskill" is not installed.
 - quick: from "tiny-maniskill"; ratios 0.1, 0.3, 0.5, 0.7, 0.9; 2 episodes per task on all 25 tasks of
-  60 steps (11 evaluations; not yet run, estimated at 35-60 min on the 2-core CPU from table3's stage
-  speeds).
+  60 steps (11 evaluations; 62 min measured on the 2-core CPU next to other jobs, docs/benchmarks.md).
 - paper: ratios 0.1, 0.2, ..., 0.9; 8 episodes per task, 80-step episodes; meant for a GPU and a real
   OpenVLA.
 On LIBERO, smoke evaluates task 0 for 8 steps; quick and paper all 10 tasks at the suite's episode length.
