@@ -21,7 +21,7 @@ Presets (override with the flags):
 - smoke: ratios 0.5 and 0.9; 3 SFT steps; 1 episode of 2 tasks (1 IND, 1 OOD) of 8 steps per evaluation;
   the random "tiny" model when "tiny-maniskill" is not installed.
 - quick: ratios 0.1, 0.3, 0.5, 0.7, 0.9; SFT 1500 steps at batch 8; 2 episodes per task on all 25 tasks
-  (14 evaluations; not yet run, estimated at 1-1.5 h on the 2-core CPU from table3's stage speeds).
+  (14 evaluations; measured on the 2-core CPU: 18 min on top of fig2.py's cached sweep, which took 62 min).
 - paper: ratios 0.1 ... 0.9; SFT 10k steps; 8 episodes per task; meant for a GPU and a real OpenVLA.
 On LIBERO, smoke evaluates task 0 for 8 steps; quick and paper all 10 tasks at the suite's episode length.
 
