@@ -77,8 +77,8 @@ def build_row(key: str, args: argparse.Namespace) -> tuple[torch.nn.Module, floa
     return model, time.perf_counter() - start
 
 
-def free(model: torch.nn.Module | None) -> None:
-    del model
+def release_memory() -> None:
+    """Return freed memory (call after the caller dropped its last reference to a row's model)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for key in args.rows:
         print(f"[table3_hardware {time.strftime('%H:%M:%S')}] {key}: building", flush=True)
+        model = None
         try:
             model, seconds = build_row(key, args)
             prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
@@ -96,9 +97,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except (RuntimeError, ValueError, ImportError) as error:  # report the row as not measured, go on
             print(f"  {key} failed: {error!r}", flush=True)
             rows.append({"key": key, "method": ROWS[key][0], "error": repr(error)})
-            free(None)
             continue
-        free(model)
+        finally:  # the next row is built with this one gone
+            del model
+            release_memory()
         rows.append({"key": key, "method": ROWS[key][0], "memory_gb": prof["model_bytes"] / 1e9,
                      "peak_memory_gb": prof["peak_memory_bytes"] / 1e9, "peak_memory_kind": prof["peak_memory_kind"],
                      "latency_ms": prof["latency_ms_median"], "latency_ms_p90": prof["latency_ms_p90"],

@@ -117,3 +117,15 @@ def test_sft_trains_from_resident_demos(tmp_path):
     data = ResidentDemos(synthetic_samples(64, seed=0), model.processor, None)
     model = train_sft(model, SFTConfig(data=data, steps=12, batch_size=8, lr=1e-3, warmup_steps=2, progress=False))
     assert held_out_metrics(model, held_out)["eval/action_loss"] < 0.5 * before
+
+
+def test_shift_images_is_an_edge_padded_random_crop():
+    from vla_compress.data.resident import shift_images
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    got = shift_images(torch.from_numpy(images), np.random.default_rng(4)).numpy()
+    pad = 1  # round(0.06 * 16)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = np.random.default_rng(4).integers(0, 2 * pad + 1, size=(3, 2))
+    expected = np.stack([padded[i, dy:dy + 16, dx:dx + 16] for i, (dy, dx) in enumerate(offsets)])
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)

@@ -43,7 +43,7 @@ class ResidentDemos:
         return self.samples[index]
 
     def make_batch(self, model, indices: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The training batch of rows `indices`; `rng` draws `random_shift`'s offsets (None: no shift)."""
+        """The training batch of rows `indices`; `rng` draws `shift_images`' offsets (None: no shift)."""
         rows = torch.as_tensor(np.asarray(indices), device=self.device)
         images = self.images[rows]
         if rng is not None:
@@ -53,7 +53,11 @@ class ResidentDemos:
 
 
 def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06) -> torch.Tensor:
-    """`sft.random_shift` on a `[B, H, W, 3]` tensor on its device (same offsets for the same `rng`)."""
+    """Shift each image of a uint8 `[B, H, W, 3]` tensor by up to `pad_fraction` of its size, on its device.
+
+    Edge (replicate) padding, then a random crop back to the input size; the offsets come from `rng`, so
+    SFT's host batches (`make_batch`) and `ResidentDemos` draw the same shifts for the same generator.
+    """
     batch, height, width, _ = images.shape
     pad = max(1, int(round(pad_fraction * height)))
     # replicate-pad needs a float NCHW tensor; values stay integers, so the uint8 round trip is exact

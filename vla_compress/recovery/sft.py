@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from ..data.resident import shift_images
 from ..modeling import OpenVLAForActionPrediction, normalize_actions
 from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .distributed import make_accelerator
@@ -74,23 +75,12 @@ def _norm_stats_of(data) -> dict | None:
     return getattr(data, "norm_stats", None)
 
 
-def random_shift(images: np.ndarray, rng: np.random.Generator, pad_fraction: float = 0.06) -> np.ndarray:
-    """Shift each image by up to `pad_fraction` of its size (edge padding, then a random crop)."""
-    _, height, width, _ = images.shape
-    pad = max(1, int(round(pad_fraction * height)))
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    out = np.empty_like(images)
-    for i, (dy, dx) in enumerate(rng.integers(0, 2 * pad + 1, size=(len(images), 2))):
-        out[i] = padded[i, dy:dy + height, dx:dx + width]
-    return out
-
-
 def make_batch(model: OpenVLAForActionPrediction, samples: Sequence[Sample], unnorm_key: str | None = None,
                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
     """Samples -> a training batch whose rows end with the 7 normalised action tokens."""
-    images = np.stack([np.asarray(s["image"]) for s in samples])
+    images = torch.from_numpy(np.stack([np.asarray(s["image"]) for s in samples]))
     if rng is not None:
-        images = random_shift(images, rng)
+        images = shift_images(images, rng)
     actions = np.stack([np.asarray(s["action"], np.float32) for s in samples])
     if model.config.norm_stats:
         actions = normalize_actions(actions, model.config.norm_stats, unnorm_key)
