@@ -129,3 +129,10 @@ def test_shift_images_is_an_edge_padded_random_crop():
     offsets = np.random.default_rng(4).integers(0, 2 * pad + 1, size=(3, 2))
     expected = np.stack([padded[i, dy:dy + 16, dx:dx + 16] for i, (dy, dx) in enumerate(offsets)])
     assert got.dtype == np.uint8 and np.array_equal(got, expected)
+
+
+def test_resident_demos_rejects_empty_samples():
+    from vla_compress.data import ResidentDemos
+
+    with pytest.raises(ValueError, match="samples is empty"):
+        ResidentDemos([], small_model().processor, None)

@@ -44,3 +44,16 @@ def test_openvla_7b_preset_builds_with_a_processor_without_host_memory():
     ids = model.processor.prompt_ids("put the red cube on the blue plate")
     assert ids[0] == 1 and max(ids) < 32000 - 256  # words below the 256 action tokens
     assert model.processor.action_tokenizer.vocab_end == 32000
+
+
+def test_table3_hardware_rejects_bad_flags(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "table3_hardware.py"), "--model", "tiny", "--iters", "0",
+               "--output-dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--iters must be >= 1" in done.stderr
+
+
+def test_ppo_tasks_rejects_bad_flags():
+    command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", "--env-steps", "0"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--env-steps must be >= 1" in done.stderr

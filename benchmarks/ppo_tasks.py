@@ -1,0 +1,78 @@
+"""PPO on a few tasks from a recovered model: greedy success before and after, on the same seeded episodes.
+
+The experiment behind docs/recovery_ppo.md ("A longer PPO run on four tasks"): from table3.py's pruned +
+SFT model, PPO on 4 IND tasks where the base succeeds, then the same evaluation again.
+
+    python benchmarks/ppo_tasks.py --model OUT/models/sft --output-dir runs/ppo          # as measured
+    python benchmarks/ppo_tasks.py --model OUT/models/sft --critic-off-backbone ...      # variant
+    python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
+
+Writes `result.json` (settings, before, after) and the PPO run (checkpoints, metrics.jsonl) in --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from report import write_json
+
+from vla_compress import PPOConfig, load_vla, recover
+from vla_compress.evaluation import evaluate
+
+TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
+         "purple_cube_on_green_plate"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="policy to improve: a preset or a saved directory")
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--env-steps", type=int, default=2400, help="PPO env steps, all envs together")
+    parser.add_argument("--temperature", type=float, default=0.5, help="rollout sampling temperature")
+    parser.add_argument("--episodes", type=int, default=6, help="greedy evaluation episodes per task")
+    parser.add_argument("--eval-seed", type=int, default=100)
+    parser.add_argument("--critic-off-backbone", action="store_true", help="PPOConfig(critic_trains_backbone=False)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
+    args = parser.parse_args(argv)
+    for name in ("env_steps", "episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.temperature <= 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    return args
+
+
+def greedy_success(model, args: argparse.Namespace) -> dict:
+    start = time.time()
+    result = evaluate(model, tasks=args.tasks, episodes_per_task=args.episodes, num_envs=2, seed=args.eval_seed,
+                      max_episode_steps=60, progress=False)
+    return {"success_rate": result.ind_success_rate, "mean_return": result.mean_return,
+            "per_task": result.success_rate, "seconds": time.time() - start}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    model = load_vla(args.model)
+    before = greedy_success(model, args)
+    print("before", json.dumps(before), flush=True)
+    start = time.time()
+    model = recover(model, rl=PPOConfig(
+        tasks=args.tasks, num_envs=2, episode_steps=60, total_env_steps=args.env_steps, minibatch_size=60,
+        temperature=args.temperature, output_dir=args.output_dir / "ppo", checkpoint_every=0, progress=False,
+        num_threads=1, seed=0, critic_trains_backbone=not args.critic_off_backbone))
+    ppo_seconds = time.time() - start
+    after = greedy_success(model, args)
+    print("after", json.dumps(after), flush=True)
+    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "ppo_seconds": ppo_seconds, "before": before, "after": after}
+    write_json(args.output_dir / "result.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
