@@ -25,6 +25,7 @@ from vla_compress.evaluation import evaluate
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
          "purple_cube_on_green_plate"]
+EPISODE_STEPS = 60
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,20 +37,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=6, help="greedy evaluation episodes per task")
     parser.add_argument("--eval-seed", type=int, default=100)
     parser.add_argument("--critic-off-backbone", action="store_true", help="PPOConfig(critic_trains_backbone=False)")
+    parser.add_argument("--num-envs", type=int, default=2, help="parallel envs (PPOConfig.num_envs)")
+    parser.add_argument("--rollout-episodes", type=int, default=1, help="episodes per env in one update's rollout")
+    parser.add_argument("--minibatch-size", type=int, default=60, help="transitions per optimizer step")
+    parser.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (PPOConfig.learning_rate)")
+    parser.add_argument("--critic-warmup", type=int, default=0, help="PPOConfig.critic_warmup_updates")
+    parser.add_argument("--update-epochs", type=int, default=1, help="passes over each rollout (PPOConfig)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
     args = parser.parse_args(argv)
-    for name in ("env_steps", "episodes"):
+    for name in ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size", "update_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.temperature <= 0:
-        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    for name in ("temperature", "lr"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.critic_warmup < 0:
+        parser.error(f"--critic-warmup must be >= 0, got {args.critic_warmup}")
     return args
 
 
 def greedy_success(model, args: argparse.Namespace) -> dict:
     start = time.time()
     result = evaluate(model, tasks=args.tasks, episodes_per_task=args.episodes, num_envs=2, seed=args.eval_seed,
-                      max_episode_steps=60, progress=False)
+                      max_episode_steps=EPISODE_STEPS, progress=False)
     return {"success_rate": result.ind_success_rate, "mean_return": result.mean_return,
             "per_task": result.success_rate, "seconds": time.time() - start}
 
@@ -58,13 +68,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
     model = load_vla(args.model)
-    before = greedy_success(model, args)
+    before_file = args.output_dir / "before.json"  # cached: a resumed run does not evaluate again
+    evaluated = {"model": args.model, "tasks": args.tasks, "episodes": args.episodes, "eval_seed": args.eval_seed}
+    cached = json.loads(before_file.read_text()) if before_file.exists() else {}
+    before = cached if cached.get("evaluated") == evaluated else {**greedy_success(model, args), "evaluated": evaluated}
+    write_json(before_file, before)
     print("before", json.dumps(before), flush=True)
     start = time.time()
     model = recover(model, rl=PPOConfig(
-        tasks=args.tasks, num_envs=2, episode_steps=60, total_env_steps=args.env_steps, minibatch_size=60,
-        temperature=args.temperature, output_dir=args.output_dir / "ppo", checkpoint_every=0, progress=False,
-        num_threads=1, seed=0, critic_trains_backbone=not args.critic_off_backbone))
+        tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
+        rollout_steps=EPISODE_STEPS * args.rollout_episodes, total_env_steps=args.env_steps,
+        minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
+        update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
+        checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
+        critic_trains_backbone=not args.critic_off_backbone))
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

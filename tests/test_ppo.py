@@ -67,6 +67,15 @@ def fake_factory(num_envs: int = 2, episode_steps: int = 4):
     return factory
 
 
+class BanditEnv(FakeTaskEnv):
+    """Reward 1.0 exactly when the first action dimension is above 0.3: PPO must learn to raise it."""
+
+    def step(self, action):
+        self.t += 1
+        reward = float(action[0] > 0.3)
+        return self._obs(), reward, False, self.t >= self.episode_steps, self._info()
+
+
 @pytest.fixture(autouse=True)
 def _reset_fake_env():
     FakeTaskEnv.crash_on_step, FakeTaskEnv.nan_reward_after, FakeTaskEnv.zero_rewards = None, None, False
@@ -137,6 +146,7 @@ def test_ppo_losses_ratio_one_gives_plain_policy_gradient():
     ({"env_factory": None, "env": "atari"}, "unknown env"),
     ({"gamma": 1.5}, "gamma"),
     ({"device": "tpu"}, "device"),
+    ({"critic_warmup_updates": -1}, "critic_warmup_updates"),
 ])
 def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -191,6 +201,42 @@ def test_rollout_without_reward_trains_the_critic_only(tmp_path):
     FakeTaskEnv.zero_rewards = False
     train_ppo(load_vla("tiny"), tiny_config(tmp_path, "with_reward"))
     assert read_metrics(with_reward)[-1]["charts/policy_updated"] == 1.0
+
+
+def test_critic_warmup_updates_train_the_critic_only(tmp_path):
+    before = _params(load_vla("tiny"))
+    model = train_ppo(load_vla("tiny"), tiny_config(tmp_path, updates=3, critic_warmup_updates=2,
+                                                    critic_trains_backbone=False))
+    assert [row["charts/policy_updated"] for row in read_metrics(tmp_path / "run")] == [0.0, 0.0, 1.0]
+    assert any(not torch.equal(before[k], v) for k, v in _params(model).items()), "the policy never moved"
+
+
+def _rewarded_mass(model, images: np.ndarray) -> float:
+    """Mean probability (temperature 1) that the first action token decodes to a value above 0.3."""
+    all_bins = torch.arange(256)[:, None].repeat(1, 7)
+    rewarded = torch.as_tensor(model.decode_actions(all_bins, normalized=True)[:, 0] > 0.3)
+    prompt = model.processor.tokenize(["put the red cube on the blue plate"] * len(images))
+    batch = model.append_action_tokens(prompt, torch.zeros(len(images), 7, dtype=torch.long))
+    with torch.no_grad():
+        logits = model.action_forward(model.processor.pixel_values(images), batch["input_ids"],
+                                      batch["attention_mask"]).action_logits[:, 0].float()
+    return float(torch.softmax(logits, dim=-1)[:, rewarded].sum(-1).mean())
+
+
+def test_ppo_learns_a_bandit(tmp_path):
+    """End to end on the real model: the probability of the rewarded actions rises (sign and pairing of
+    actions, log-probs and advantages are right)."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    before = _rewarded_mass(load_vla("tiny"), images)
+
+    def factory(seed: int) -> gym.vector.VectorEnv:
+        return gym.vector.SyncVectorEnv([lambda: BanditEnv(4) for _ in range(8)])
+
+    model = train_ppo(load_vla("tiny"), tiny_config(
+        tmp_path, num_envs=8, total_env_steps=32 * 20, minibatch_size=16, env_factory=factory,
+        learning_rate=1e-3, gamma=0.0, gae_lambda=0.0, checkpoint_every=0))
+    after = _rewarded_mass(model, images)
+    assert after > before + 0.2, (before, after)  # measured: 0.36 -> 0.80
 
 
 def test_env_crash_is_recovered(tmp_path):

@@ -73,6 +73,9 @@ class PPOConfig:
     skip_policy_without_reward: bool = True
     # True (RL4VLA): the value loss also trains the shared VLA; False: only the value head learns from it.
     critic_trains_backbone: bool = True
+    # The first updates train the critic only (verl's `critic_warmup`): a fresh value head's advantages are
+    # noise, and policy steps taken on them undo what SFT taught before the critic can tell good from bad.
+    critic_warmup_updates: int = 0
     clip_coef: float = 0.2
     vf_clip_coef: float = 0.2
     huber_delta: float = 10.0
@@ -115,7 +118,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads!r}")
-        for name in ("checkpoint_every", "eval_every", "max_env_restarts", "ent_coef", "vf_coef", "weight_decay"):
+        for name in ("checkpoint_every", "eval_every", "max_env_restarts", "ent_coef", "vf_coef", "weight_decay",
+                     "critic_warmup_updates"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("gamma", "gae_lambda"):
@@ -462,6 +466,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
             # 3. PPO update
             # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
             signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
+            signal = signal and update >= config.critic_warmup_updates
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
 
