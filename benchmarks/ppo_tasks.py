@@ -1,13 +1,17 @@
-"""PPO on a few tasks from a recovered model: greedy success before and after, on the same seeded episodes.
+r"""PPO on a few tasks from a recovered model: greedy success before and after, on the same seeded episodes.
 
-The experiment behind docs/recovery_ppo.md ("A longer PPO run on four tasks"): from table3.py's pruned +
-SFT model, PPO on 4 IND tasks where the base succeeds, then the same evaluation again.
+The experiments behind docs/recovery_ppo.md: from table3.py's pruned + SFT model, PPO on a few IND tasks,
+then the same greedy evaluation (same tasks, same seeded episodes) again.
 
-    python benchmarks/ppo_tasks.py --model OUT/models/sft --output-dir runs/ppo          # as measured
-    python benchmarks/ppo_tasks.py --model OUT/models/sft --critic-off-backbone ...      # variant
+    python benchmarks/ppo_tasks.py --model OUT/models/sft --output-dir runs/ppo          # 4 tasks, 2 envs
+    python benchmarks/ppo_tasks.py --model OUT/models/sft --output-dir runs/ppo_e \
+        --tasks blue_cube_on_purple_plate purple_cube_on_green_plate --episodes 32 --eval-seed 500 \
+        --num-envs 8 --minibatch-size 120 --critic-warmup 3 --critic-off-backbone \
+        --env-steps 28800 --temperature 0.3 --lr 2e-5                                  # the longest run
     python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
 
-Writes `result.json` (settings, before, after) and the PPO run (checkpoints, metrics.jsonl) in --output-dir.
+Writes `before.json` (cached, so an interrupted run resumes without evaluating again), `result.json`
+(settings, before, after) and the PPO run (checkpoints every update, metrics.jsonl) in --output-dir.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vla_compress.modeling import build_model, preset_config
@@ -53,7 +54,13 @@ def test_table3_hardware_rejects_bad_flags(tmp_path):
     assert done.returncode == 2 and "--iters must be >= 1" in done.stderr
 
 
-def test_ppo_tasks_rejects_bad_flags():
-    command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", "--env-steps", "0"]
+@pytest.mark.parametrize("flag, value, message", [
+    ("--env-steps", "0", "--env-steps must be >= 1"),
+    ("--num-envs", "0", "--num-envs must be >= 1"),
+    ("--lr", "0", "--lr must be > 0"),
+    ("--critic-warmup", "-1", "--critic-warmup must be >= 0"),
+])
+def test_ppo_tasks_rejects_bad_flags(flag, value, message):
+    command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", flag, value]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 2 and "--env-steps must be >= 1" in done.stderr
+    assert done.returncode == 2 and message in done.stderr
