@@ -11,7 +11,8 @@ then the same greedy evaluation (same tasks, same seeded episodes) again.
     python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
 
 Writes `before.json` (cached, so an interrupted run resumes without evaluating again), `result.json`
-(settings, before, after) and the PPO run (checkpoints every update, metrics.jsonl) in --output-dir.
+(settings, before, after), `ppo_rollouts.png` and the PPO run (checkpoints every update, metrics.jsonl)
+in --output-dir.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from common import pyplot
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
 from vla_compress.evaluation import evaluate
+from vla_compress.recovery.metrics import read_metrics
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
          "purple_cube_on_green_plate"]
@@ -68,6 +72,28 @@ def greedy_success(model, args: argparse.Namespace) -> dict:
             "per_task": result.success_rate, "seconds": time.time() - start}
 
 
+def plot_rollouts(run_dir: Path, path: Path, window: int = 10) -> None:
+    """Rollout (sampled) success and return per update, raw and as a moving average over `window` updates."""
+    rows = read_metrics(run_dir)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, label in zip(axes, ("charts/success_once", "charts/episodic_return"), ("success", "return"),
+                              strict=True):
+        steps = np.array([r["step"] for r in rows])
+        values = np.array([r[key] for r in rows])
+        ax.plot(steps, values, alpha=0.35, label="per update")
+        if len(values) >= window:
+            ax.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, "valid"),
+                    label=f"mean of {window} updates")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"rollout {label}")
+        ax.legend()
+    fig.suptitle("PPO rollouts (sampled at the rollout temperature)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -92,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "ppo_seconds": ppo_seconds, "before": before, "after": after}
     write_json(args.output_dir / "result.json", result)
+    plot_rollouts(args.output_dir / "ppo", args.output_dir / "ppo_rollouts.png")
     return result
 
 
