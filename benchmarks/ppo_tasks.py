@@ -8,6 +8,7 @@ then the same greedy evaluation (same tasks, same seeded episodes) again.
         --tasks blue_cube_on_purple_plate purple_cube_on_green_plate --episodes 32 --eval-seed 500 \
         --num-envs 8 --minibatch-size 120 --critic-warmup 3 --critic-off-backbone \
         --env-steps 28800 --temperature 0.3 --lr 2e-5                                  # the longest run
+    ... the same --shuffle-advantages --output-dir runs/ppo_f                           # its no-signal control
     python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
 
 Writes `before.json` (cached, so an interrupted run resumes without evaluating again), `result.json`
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
 from vla_compress.evaluation import evaluate
+from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
@@ -51,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (PPOConfig.learning_rate)")
     parser.add_argument("--critic-warmup", type=int, default=0, help="PPOConfig.critic_warmup_updates")
     parser.add_argument("--update-epochs", type=int, default=1, help="passes over each rollout (PPOConfig)")
+    parser.add_argument("--shuffle-advantages", action="store_true",
+                        help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
     args = parser.parse_args(argv)
     for name in ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size", "update_epochs"):
@@ -70,6 +75,25 @@ def greedy_success(model, args: argparse.Namespace) -> dict:
                       max_episode_steps=EPISODE_STEPS, progress=False)
     return {"success_rate": result.ind_success_rate, "mean_return": result.mean_return,
             "per_task": result.success_rate, "seconds": time.time() - start}
+
+
+@contextmanager
+def shuffled_advantages(seed: int = 0):
+    """Within the block, PPO's advantages are randomly permuted across each rollout: a control run with the
+    same data, the same advantage distribution and step sizes, but no link between an action and its outcome."""
+    original = ppo_module.compute_gae
+    generator = torch.Generator().manual_seed(seed)
+
+    def shuffled(*args, **kwargs):
+        advantages, returns = original(*args, **kwargs)
+        order = torch.randperm(advantages.numel(), generator=generator)
+        return advantages.flatten()[order].view_as(advantages), returns
+
+    ppo_module.compute_gae = shuffled
+    try:
+        yield
+    finally:
+        ppo_module.compute_gae = original
 
 
 def plot_rollouts(run_dir: Path, path: Path, window: int = 10) -> None:
@@ -105,13 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(before_file, before)
     print("before", json.dumps(before), flush=True)
     start = time.time()
-    model = recover(model, rl=PPOConfig(
-        tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
-        rollout_steps=EPISODE_STEPS * args.rollout_episodes, total_env_steps=args.env_steps,
-        minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
-        update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
-        checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
-        critic_trains_backbone=not args.critic_off_backbone))
+    with shuffled_advantages() if args.shuffle_advantages else nullcontext():
+        model = recover(model, rl=PPOConfig(
+            tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
+            rollout_steps=EPISODE_STEPS * args.rollout_episodes, total_env_steps=args.env_steps,
+            minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
+            update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
+            checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
+            critic_trains_backbone=not args.critic_off_backbone))
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

@@ -64,3 +64,19 @@ def test_ppo_tasks_rejects_bad_flags(flag, value, message):
     command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", flag, value]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_ppo_tasks_shuffled_advantages_permute_and_restore(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import ppo_tasks
+
+    from vla_compress.recovery import ppo
+
+    rewards, zeros = torch.arange(6.0).view(3, 2), torch.zeros(3, 2)
+    args = (rewards, zeros, zeros, torch.zeros(2), torch.ones(2), 0.0, 0.0)
+    plain, returns = ppo.compute_gae(*args)
+    with ppo_tasks.shuffled_advantages(seed=0):
+        shuffled, shuffled_returns = ppo.compute_gae(*args)
+    assert not torch.equal(shuffled, plain) and torch.equal(shuffled.flatten().sort().values, plain.flatten())
+    assert torch.equal(shuffled_returns, returns)  # the critic still learns the true returns
+    assert torch.equal(ppo.compute_gae(*args)[0], plain)  # restored
