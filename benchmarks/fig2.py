@@ -48,6 +48,7 @@ from common import (
     parser_for,
     percent,
     pyplot,
+    save_figure,
     stage_lines,
     stage_seconds,
     suite_note,
@@ -139,9 +140,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylim(-2, 102)
     ax.set_title(f"Success vs sparsity, no recovery ({result['suite']}; cf. paper Fig. 2)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -52,6 +52,7 @@ from common import (
     pyplot,
     quantized,
     ratio,
+    save_figure,
     stage_lines,
     stage_seconds,
     table,
@@ -159,9 +160,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("pruning ratio (sparsity)")
         ax.legend(fontsize=7)
     fig.suptitle("Throughput vs sparsity, with and without 4-bit (cf. paper Fig. 4)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

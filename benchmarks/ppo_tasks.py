@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import pyplot
+from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
@@ -57,10 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
-    args = parser.parse_args(argv)
-    for name in ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size", "update_epochs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args = parse_checked(parser, argv, ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size",
+                                        "update_epochs"))
     for name in ("temperature", "lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
@@ -113,9 +111,7 @@ def plot_rollouts(run_dir: Path, path: Path, window: int = 10) -> None:
         ax.set_ylabel(f"rollout {label}")
         ax.legend()
     fig.suptitle("PPO rollouts (sampled at the rollout temperature)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

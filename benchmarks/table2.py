@@ -51,6 +51,7 @@ from common import (
     percent,
     pyplot,
     quantized,
+    save_figure,
     stage_lines,
     stage_seconds,
     suite_note,
@@ -194,9 +195,7 @@ def plot_fig2(result: dict, path: Path) -> None:
     recovery = "after SFT" if result["sweep_sft"] else "no recovery"
     ax.set_title(f"Success vs sparsity, {recovery} (cf. paper Fig. 2)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_fig4(result: dict, path: Path) -> None:
@@ -210,9 +209,7 @@ def plot_fig4(result: dict, path: Path) -> None:
     ax.set_ylabel("throughput (actions/s, batch 1)")
     ax.set_title("Throughput vs sparsity (cf. paper Fig. 4)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -47,6 +47,7 @@ from common import (
     pyplot,
     quantized,
     ratio,
+    save_figure,
     stage_lines,
     stage_seconds,
     write_json,
@@ -204,9 +205,7 @@ def fig9(stages: dict[str, dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title("Success per RLRC stage (cf. paper Fig. 9)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fig8(sft_dir: Path, ppo_dir: Path, path: Path) -> None:
@@ -219,9 +218,7 @@ def fig8(sft_dir: Path, ppo_dir: Path, path: Path) -> None:
     _curve(right, ppo_dir, "charts/success_rate", "env steps", "episodic return / success", "PPO", label="success")
     right.legend()
     fig.suptitle("Training curves (cf. paper Fig. 8)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _curve(ax, run_dir: Path, key: str, xlabel: str, ylabel: str, title: str, label: str | None = None) -> None:
