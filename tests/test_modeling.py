@@ -103,11 +103,13 @@ def test_save_pretrained_round_trip_identical_actions(tiny_model, images, instru
     np.testing.assert_array_equal(reloaded.predict_action(images, instructions), before)
 
 
-def test_action_forward_log_probs_match_decoding(tiny_model, images, instructions):
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_action_forward_log_probs_match_decoding(tiny_model, images, instructions, temperature):
     batch = tiny_model.processor(images, instructions)
-    decoded = tiny_model.generate_action_indices(**batch, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    decoded = tiny_model.generate_action_indices(**batch, temperature=temperature,
+                                                 generator=torch.Generator().manual_seed(0))
     out = tiny_model.action_forward(**tiny_model.append_action_tokens(batch, decoded["action_indices"]))
-    log_probs, entropy = tiny_model.action_token_log_probs(out.action_logits, decoded["action_indices"])
+    log_probs, entropy = tiny_model.action_token_log_probs(out.action_logits, decoded["action_indices"], temperature)
     torch.testing.assert_close(log_probs, decoded["log_probs"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.critic_features, decoded["critic_features"], atol=1e-4, rtol=1e-4)
     assert out.action_logits.shape == (3, 7, 256) and torch.all(entropy > 0)
