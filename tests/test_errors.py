@@ -55,6 +55,8 @@ CASES = {
         "minibatch_size"),
     "recover ppo unknown env": (lambda m: recover(m, rl=PPOConfig(env="atari", output_dir="/tmp/x")), ValueError,
                                 "env"),
+    "recover ppo reward mode": (lambda m: recover(m, rl=PPOConfig(reward_mode="shaped", output_dir="/tmp/x")),
+                                ValueError, "reward_mode"),
     "make_env unknown suite": (lambda m: make_env(suite="mujoco-soccer"), ValueError, "suite"),
     "make_env unknown task": (lambda m: make_env(tasks=["pink_cube_on_gold_plate"]), ValueError, "task"),
     "make_env num_envs": (lambda m: make_env(num_envs=0), ValueError, "num_envs"),

@@ -40,6 +40,8 @@ def test_bad_arguments_raise():
         make_env(num_envs=0)
     with pytest.raises(ValueError, match="unknown task"):
         make_env(tasks=["pink_cube_on_red_plate"])
+    with pytest.raises(ValueError, match="reward_mode must be one of"):
+        make_env(reward_mode="shaped")
 
 
 def test_reset_and_step_rgb(env):
@@ -93,6 +95,27 @@ def test_expert_grasp_reward_and_success(env):
         successes.append(success)
     assert grasp_rewards and np.allclose(grasp_rewards, 0.1)
     assert np.mean(successes) >= 0.9
+
+
+def test_sparse_reward_pays_placing_only():
+    """reward_mode="sparse": grasping earns nothing, the cube resting on the right plate earns 1.0."""
+    from vla_compress.data.expert import ScriptedExpert
+
+    envs = make_env(tasks=[TASK], num_envs=1, image_size=48, seed=0, reward_mode="sparse")
+    try:
+        expert, grasped, placed = ScriptedExpert(1), [], []
+        _, info = envs.reset(seed=10)
+        expert.reset()
+        for _ in range(60):
+            _, reward, _, _, info = envs.step(expert.act(info))
+            if bool(info["success"][0]):
+                placed.append(float(reward[0]))
+                break
+            if bool(info["is_grasped"][0]):
+                grasped.append(float(reward[0]))
+    finally:
+        envs.close()
+    assert grasped and placed == [1.0] and not any(grasped)
 
 
 def test_generate_and_read_demos(tmp_path):

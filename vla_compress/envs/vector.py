@@ -14,6 +14,8 @@ from vla_compress.envs.tasks import instruction, resolve_tasks
 
 SUITES = ("maniskill", *LIBERO_SUITES)
 SIM_BACKENDS = ("physx_cpu", "physx_cuda")
+# "dense": RLRC's eq. 6 (1.0 while the cube rests on the plate, 0.1 while grasped); "sparse": the 1.0 term only.
+REWARD_MODES = ("dense", "sparse")
 CONTROL_MODE = "pd_ee_delta_pose"
 VULKAN_HELP = (
     "SAPIEN found no usable Vulkan device, which ManiSkill needs to render camera images. "
@@ -105,17 +107,19 @@ class BatchedTaskInfo(gym.vector.VectorWrapper):
 
 def _make_single(
     tasks: list[str], image_size: int, max_episode_steps: int, index: int, seed: int | None, sim_backend: str,
+    reward_mode: str,
 ) -> gym.Env:
     """Build one CPU sub-env (runs inside the worker process)."""
     os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
-    env = _gym_make(tasks, image_size, max_episode_steps, sim_backend, num_envs=1)
+    env = _gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs=1)
     env = CPUGymWrapper(PolicyObservation(env), ignore_terminations=True, record_metrics=True)
     return TaskInfo(env, index, seed)
 
 
-def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_backend: str, num_envs: int):
+def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_backend: str, reward_mode: str,
+              num_envs: int):
     import vla_compress.envs.maniskill_suite as suite
 
     try:
@@ -125,7 +129,7 @@ def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_bac
             tasks=tasks,
             obs_mode="rgb",
             control_mode=CONTROL_MODE,
-            reward_mode="dense",
+            reward_mode=reward_mode,
             sim_backend=sim_backend,
             render_backend="cpu" if sim_backend == "physx_cpu" else "gpu",
             sensor_configs=dict(width=image_size, height=image_size),
@@ -145,6 +149,7 @@ def make_env(
     seed: int | None = None,
     max_episode_steps: int | None = None,
     sim_backend: str = "physx_cpu",
+    reward_mode: str = "dense",
 ) -> gym.vector.VectorEnv:
     """A vectorised env of ``num_envs`` sub-envs, each running one of ``tasks`` per episode.
 
@@ -154,12 +159,16 @@ def make_env(
     hold one string per sub-env. Actions are [N,7] in [-1,1] for ``pd_ee_delta_pose`` (xyz delta x0.1 m,
     rotation delta, gripper target -1 closed / +1 open). Episodes never terminate early; they truncate
     after ``max_episode_steps``. ``physx_cpu`` uses ``AsyncVectorEnv`` (spawn) over ``CPUGymWrapper``
-    workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU).
+    workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU). ``reward_mode``: "dense"
+    (RLRC's eq. 6: 1.0 per step while the cube rests on the plate, 0.1 while it is grasped) or "sparse"
+    (the 1.0 term only).
 
     ``suite="libero_spatial"`` or ``"libero_10"`` returns :func:`~vla_compress.envs.libero.make_libero_env`
     (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'
-    for all ten; ``sim_backend`` does not apply).
+    for all ten; ``sim_backend`` and ``reward_mode`` do not apply: LIBERO's reward is its success signal).
     """
+    if reward_mode not in REWARD_MODES:
+        raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
     if suite in LIBERO_SUITES:
         return make_libero_env(suite, tasks, num_envs, image_size, seed, max_episode_steps)
     from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
@@ -181,7 +190,7 @@ def make_env(
     if sim_backend == "physx_cuda":
         from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
-        env = PolicyObservation(_gym_make(tasks, image_size, max_episode_steps, sim_backend, num_envs))
+        env = PolicyObservation(_gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs))
         envs = ManiSkillVectorEnv(env, num_envs, ignore_terminations=True, record_metrics=True)
         envs = BatchedTaskInfo(envs)
         if seed is not None:
@@ -190,7 +199,7 @@ def make_env(
 
     fns = [
         partial(_make_single, tasks, image_size, max_episode_steps, i,
-                None if seed is None else seed + i, sim_backend)
+                None if seed is None else seed + i, sim_backend, reward_mode)
         for i in range(num_envs)
     ]
     if num_envs == 1:

@@ -57,6 +57,8 @@ class PPOConfig:
     image_size: int | None = None  # env camera size; None = the model's input size
     unnorm_key: str | None = None  # norm_stats entry used to un-normalise actions
     env_factory: EnvFactory | None = None  # seed -> vector env; None builds `make_env(env, tasks, ...)`
+    # "dense": RLRC's reward (1.0 placed, 0.1 grasped); "sparse": 1.0 placed only (ManiSkill suite; see docs)
+    reward_mode: str = "dense"
     # schedule
     total_env_steps: int = 600_000  # RLRC trains for 0.6M env steps
     rollout_steps: int | None = None  # steps per env per update; None = one episode
@@ -148,6 +150,10 @@ class PPOConfig:
             raise ValueError(f"{output_dir} already holds checkpoints; pass resume=True or a new output_dir")
         if self.env_factory is None:
             self._suite_and_tasks()
+        from vla_compress.envs import REWARD_MODES
+
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
 
     def _suite_and_tasks(self) -> tuple[str, list[str]]:
         from vla_compress.envs import SUITES, resolve_tasks
@@ -249,12 +255,13 @@ def default_env_factory(config: PPOConfig, image_size: int) -> EnvFactory:
     from vla_compress.envs import make_env
 
     suite, tasks = config._suite_and_tasks()
-    return partial(_make_env_seeded, make_env, suite, tasks, config.num_envs, image_size, config.episode_steps)
+    return partial(_make_env_seeded, make_env, suite, tasks, config.num_envs, image_size, config.episode_steps,
+                   config.reward_mode)
 
 
-def _make_env_seeded(make_env, suite, tasks, num_envs, image_size, episode_steps, seed):
+def _make_env_seeded(make_env, suite, tasks, num_envs, image_size, episode_steps, reward_mode, seed):
     return make_env(suite=suite, tasks=tasks, num_envs=num_envs, image_size=image_size, seed=seed,
-                    max_episode_steps=episode_steps)
+                    max_episode_steps=episode_steps, reward_mode=reward_mode)
 
 
 # ---- rollout ------------------------------------------------------------------------------------------------
