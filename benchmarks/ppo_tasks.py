@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (PPOConfig.learning_rate)")
     parser.add_argument("--critic-warmup", type=int, default=0, help="PPOConfig.critic_warmup_updates")
     parser.add_argument("--update-epochs", type=int, default=1, help="passes over each rollout (PPOConfig)")
+    parser.add_argument("--target-kl", type=float, default=None, help="PPOConfig.target_kl (early stop)")
     parser.add_argument("--reward-mode", choices=("dense", "sparse"), default="dense",
                         help="PPOConfig.reward_mode: dense = 1.0 placed + 0.1 grasped (RLRC), sparse = 1.0 placed")
     parser.add_argument("--shuffle-advantages", action="store_true",
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
     args = parse_checked(parser, argv, ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size",
                                         "update_epochs"))
+    if args.target_kl is not None and args.target_kl <= 0:
+        parser.error(f"--target-kl must be > 0, got {args.target_kl}")
     for name in ("temperature", "lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
@@ -134,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
             update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
             checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
-            critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode))
+            critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
+            target_kl=args.target_kl))
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

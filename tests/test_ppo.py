@@ -147,6 +147,7 @@ def test_ppo_losses_ratio_one_gives_plain_policy_gradient():
     ({"gamma": 1.5}, "gamma"),
     ({"device": "tpu"}, "device"),
     ({"critic_warmup_updates": -1}, "critic_warmup_updates"),
+    ({"target_kl": 0.0}, "target_kl"),
 ])
 def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -209,6 +210,17 @@ def test_critic_warmup_updates_train_the_critic_only(tmp_path):
                                                     critic_trains_backbone=False))
     assert [row["charts/policy_updated"] for row in read_metrics(tmp_path / "run")] == [0.0, 0.0, 1.0]
     assert any(not torch.equal(before[k], v) for k, v in _params(model).items()), "the policy never moved"
+
+
+def test_target_kl_stops_the_update_early(tmp_path):
+    """8 minibatch steps (2 per epoch x 4 epochs) without target_kl; with a tiny one, the first step (ratio 1,
+    KL 0) is taken and the second minibatch, already past 1.5 x target_kl, stops the update."""
+    settings = {"update_epochs": 4, "learning_rate": 1e-2, "checkpoint_every": 0}
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path, "full", **settings))
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path, "stopped", target_kl=1e-6, **settings))
+    full, stopped = read_metrics(tmp_path / "full")[-1], read_metrics(tmp_path / "stopped")[-1]
+    assert full["charts/optimizer_steps"] == 8.0 and stopped["charts/optimizer_steps"] == 1.0
+    assert stopped["losses/approx_kl"] > 1e-6
 
 
 def _rewarded_mass(model, images: np.ndarray) -> float:

@@ -84,6 +84,9 @@ class PPOConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 10.0
+    # Stop an update early once a minibatch's approximate KL exceeds 1.5 x target_kl (Stable-Baselines3's
+    # rule, CleanRL's `target_kl`); None = always run every epoch. Guards small rollouts with several epochs.
+    target_kl: float | None = None
     learning_rate: float = 1e-4  # policy (the VLA)
     critic_learning_rate: float = 3e-3  # value head
     weight_decay: float = 0.0
@@ -118,6 +121,8 @@ class PPOConfig:
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads!r}")
         for name in ("checkpoint_every", "eval_every", "max_env_restarts", "ent_coef", "vf_coef", "weight_decay",
@@ -341,13 +346,14 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
     device = accelerator.device
     micro = config.micro_batch_size or config.minibatch_size
     sums: dict[str, float] = {}
-    n_minibatches = 0
+    n_minibatches = n_steps = 0
     for _epoch in range(config.update_epochs):
         b_inds = torch.randperm(len(b_log_probs), generator=generator)
         for start in range(0, len(b_inds), config.minibatch_size):
             mb_inds = b_inds[start:start + config.minibatch_size]
             optimizer.zero_grad()
             chunks = mb_inds.split(micro)
+            minibatch: dict[str, float] = {}
             for i, idx in enumerate(chunks):
                 inputs = training_inputs(model, b_images[idx.numpy()], b_instructions[idx.numpy()],
                                          b_action_indices[idx], device)
@@ -367,18 +373,36 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
                     accelerator.backward(loss * weight)
                 for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy_loss),
                                    ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
-                    sums[key] = sums.get(key, 0.0) + value.item() * weight
+                    minibatch[key] = minibatch.get(key, 0.0) + value.item() * weight
+            for key, value in minibatch.items():
+                sums[key] = sums.get(key, 0.0) + value
+            n_minibatches += 1
+            if kl_exceeded(accelerator, minibatch["approx_kl"], config.target_kl):
+                break  # this minibatch's step is not taken
             grad_norm = accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
             if not torch.isfinite(torch.as_tensor(grad_norm)):
                 raise FloatingPointError(f"non-finite gradient norm; the last good checkpoint in "
                                          f"{config.output_dir} is intact")
             optimizer.step()
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-            n_minibatches += 1
-    metrics = {f"losses/{k}": v / n_minibatches for k, v in sums.items()}
+            n_steps += 1
+        else:
+            continue
+        break  # early stop: no further epochs
+    metrics = {f"losses/{k}": v / (n_steps if k == "grad_norm" else n_minibatches) for k, v in sums.items()}
+    metrics["charts/optimizer_steps"] = float(n_steps)
     metrics["losses/explained_variance"] = explained_variance(b_values, b_returns)
     metrics["charts/policy_updated"] = float(policy_signal)
     return metrics
+
+
+def kl_exceeded(accelerator, approx_kl: float, target_kl: float | None) -> bool:
+    """Stable-Baselines3's early stop: the minibatch's approximate KL (mean over processes, so all of them
+    stop together) is above 1.5 x `target_kl`."""
+    if target_kl is None:
+        return False
+    kl = accelerator.reduce(torch.tensor(approx_kl, device=accelerator.device), reduction="mean")
+    return float(kl) > 1.5 * target_kl
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
