@@ -193,9 +193,15 @@ def test_rollout_without_reward_trains_the_critic_only(tmp_path):
     train_ppo(load_vla("tiny"), tiny_config(tmp_path))
     row = read_metrics(tmp_path / "run")[-1]  # zero advantages: the clipped policy loss is exactly 0
     assert row["charts/policy_updated"] == 0.0 and row["losses/policy_loss"] == 0.0 and row["losses/value_loss"] > 0
-    # with the critic kept off the backbone, a reward-free update leaves the VLA untouched
-    before = _params(load_vla("tiny"))
-    after = _params(train_ppo(load_vla("tiny"), tiny_config(tmp_path, "detached", critic_trains_backbone=False)))
+    # with the critic kept off the backbone, a reward-free update leaves the VLA untouched, also after a
+    # rewarded update has given Adam momentum
+    FakeTaskEnv.zero_rewards = False
+    rewarded = train_ppo(load_vla("tiny"), tiny_config(tmp_path, "detached", critic_trains_backbone=False))
+    before = _params(rewarded)
+    FakeTaskEnv.zero_rewards = True
+    after = _params(train_ppo(rewarded, tiny_config(tmp_path, "detached", updates=2, resume=True,
+                                                    critic_trains_backbone=False)))
+    assert read_metrics(tmp_path / "detached")[-1]["charts/policy_updated"] == 0.0
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
     with_reward = tmp_path / "with_reward"

@@ -383,6 +383,10 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
             if not torch.isfinite(torch.as_tensor(grad_norm)):
                 raise FloatingPointError(f"non-finite gradient norm; the last good checkpoint in "
                                          f"{config.output_dir} is intact")
+            if not policy_signal and not config.critic_trains_backbone:
+                # The policy's gradients are zero here, but Adam's momentum would still move it: leave it out.
+                for param in optimizer.param_groups[0]["params"]:
+                    param.grad = None
             optimizer.step()
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             n_steps += 1
@@ -394,6 +398,11 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
     metrics["losses/explained_variance"] = explained_variance(b_values, b_returns)
     metrics["charts/policy_updated"] = float(policy_signal)
     return metrics
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` holds on any process: all processes then take the same kind of update."""
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
 
 
 def kl_exceeded(accelerator, approx_kl: float, target_kl: float | None) -> bool:
@@ -497,7 +506,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
             # 3. PPO update
             # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
             signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
-            signal = signal and update >= config.critic_warmup_updates
+            signal = any_process(accelerator, signal and update >= config.critic_warmup_updates)
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
 
