@@ -30,6 +30,7 @@ from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
+from vla_compress.envs import REWARD_MODES
 from vla_compress.evaluation import evaluate
 from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--critic-warmup", type=int, default=0, help="PPOConfig.critic_warmup_updates")
     parser.add_argument("--update-epochs", type=int, default=1, help="passes over each rollout (PPOConfig)")
     parser.add_argument("--target-kl", type=float, default=None, help="PPOConfig.target_kl (early stop)")
-    parser.add_argument("--reward-mode", choices=("dense", "sparse"), default="dense",
+    parser.add_argument("--reward-mode", choices=REWARD_MODES, default="dense",
                         help="PPOConfig.reward_mode: dense = 1.0 placed + 0.1 grasped (RLRC), sparse = 1.0 placed")
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")

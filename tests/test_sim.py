@@ -77,45 +77,41 @@ def test_reward_on_wrong_plate(env):
     assert reward[0] == 0.0 and not bool(info["success"][0])
 
 
-def test_expert_grasp_reward_and_success(env):
+def _expert_episode(env, seed: int) -> tuple[list[float], float | None]:
+    """One scripted-expert episode: the rewards of the grasped steps and the reward at the first success
+    (None when it never succeeds); stops at the first success."""
     from vla_compress.data.expert import ScriptedExpert
 
-    expert, successes, grasp_rewards = ScriptedExpert(1), [], []
+    expert, grasp_rewards = ScriptedExpert(1), []
+    _, info = env.reset(seed=seed)
+    expert.reset()
+    for _ in range(60):
+        _, reward, _, _, info = env.step(expert.act(info))
+        if bool(info["success"][0]):
+            return grasp_rewards, float(reward[0])
+        if bool(info["is_grasped"][0]):
+            grasp_rewards.append(float(reward[0]))
+    return grasp_rewards, None
+
+
+def test_expert_grasp_reward_and_success(env):
+    grasp_rewards, successes = [], []
     for seed in (10, 11, 12):
-        _, info = env.reset(seed=seed)
-        expert.reset()
-        success = False
-        for _ in range(60):
-            _, reward, _, _, info = env.step(expert.act(info))
-            if bool(info["is_grasped"][0]):
-                grasp_rewards.append(float(reward[0]))
-            success |= bool(info["success"][0])
-            if success:
-                break
-        successes.append(success)
+        grasped, placed = _expert_episode(env, seed)
+        grasp_rewards += grasped
+        successes.append(placed is not None)
     assert grasp_rewards and np.allclose(grasp_rewards, 0.1)
     assert np.mean(successes) >= 0.9
 
 
 def test_sparse_reward_pays_placing_only():
     """reward_mode="sparse": grasping earns nothing, the cube resting on the right plate earns 1.0."""
-    from vla_compress.data.expert import ScriptedExpert
-
     envs = make_env(tasks=[TASK], num_envs=1, image_size=48, seed=0, reward_mode="sparse")
     try:
-        expert, grasped, placed = ScriptedExpert(1), [], []
-        _, info = envs.reset(seed=10)
-        expert.reset()
-        for _ in range(60):
-            _, reward, _, _, info = envs.step(expert.act(info))
-            if bool(info["success"][0]):
-                placed.append(float(reward[0]))
-                break
-            if bool(info["is_grasped"][0]):
-                grasped.append(float(reward[0]))
+        grasped, placed = _expert_episode(envs, seed=10)
     finally:
         envs.close()
-    assert grasped and placed == [1.0] and not any(grasped)
+    assert grasped and placed == 1.0 and not any(grasped)
 
 
 def test_generate_and_read_demos(tmp_path):

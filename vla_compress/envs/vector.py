@@ -24,6 +24,12 @@ VULKAN_HELP = (
 )
 
 
+def check_reward_mode(reward_mode: str) -> None:
+    """Raise ValueError unless ``reward_mode`` is one of :data:`REWARD_MODES`."""
+    if reward_mode not in REWARD_MODES:
+        raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+
+
 def check_vulkan() -> None:
     """Raise RuntimeError with install instructions when SAPIEN sees no Vulkan device."""
     import sapien
@@ -167,8 +173,7 @@ def make_env(
     (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'
     for all ten; ``sim_backend`` and ``reward_mode`` do not apply: LIBERO's reward is its success signal).
     """
-    if reward_mode not in REWARD_MODES:
-        raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+    check_reward_mode(reward_mode)
     if suite in LIBERO_SUITES:
         return make_libero_env(suite, tasks, num_envs, image_size, seed, max_episode_steps)
     from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS

@@ -155,10 +155,9 @@ class PPOConfig:
             raise ValueError(f"{output_dir} already holds checkpoints; pass resume=True or a new output_dir")
         if self.env_factory is None:
             self._suite_and_tasks()
-        from vla_compress.envs import REWARD_MODES
+        from vla_compress.envs.vector import check_reward_mode
 
-        if self.reward_mode not in REWARD_MODES:
-            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}")
+        check_reward_mode(self.reward_mode)
 
     def _suite_and_tasks(self) -> tuple[str, list[str]]:
         from vla_compress.envs import SUITES, resolve_tasks
@@ -347,7 +346,10 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
     micro = config.micro_batch_size or config.minibatch_size
     sums: dict[str, float] = {}
     n_minibatches = n_steps = 0
+    stopped = False  # target_kl's early stop ends the whole update
     for _epoch in range(config.update_epochs):
+        if stopped:
+            break
         b_inds = torch.randperm(len(b_log_probs), generator=generator)
         for start in range(0, len(b_inds), config.minibatch_size):
             mb_inds = b_inds[start:start + config.minibatch_size]
@@ -377,7 +379,8 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
             for key, value in minibatch.items():
                 sums[key] = sums.get(key, 0.0) + value
             n_minibatches += 1
-            if kl_exceeded(accelerator, minibatch["approx_kl"], config.target_kl):
+            stopped = kl_exceeded(accelerator, minibatch["approx_kl"], config.target_kl)
+            if stopped:
                 break  # this minibatch's step is not taken
             grad_norm = accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
             if not torch.isfinite(torch.as_tensor(grad_norm)):
@@ -390,9 +393,6 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
             optimizer.step()
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             n_steps += 1
-        else:
-            continue
-        break  # early stop: no further epochs
     metrics = {f"losses/{k}": v / (n_steps if k == "grad_norm" else n_minibatches) for k, v in sums.items()}
     metrics["charts/optimizer_steps"] = float(n_steps)
     metrics["losses/explained_variance"] = explained_variance(b_values, b_returns)
