@@ -30,10 +30,11 @@ from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
-from vla_compress.envs import REWARD_MODES
+from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
 from vla_compress.evaluation import evaluate
 from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
+from vla_compress.recovery.ppo import ADVANTAGES
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
          "purple_cube_on_green_plate"]
@@ -58,11 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target-kl", type=float, default=None, help="PPOConfig.target_kl (early stop)")
     parser.add_argument("--reward-mode", choices=REWARD_MODES, default="dense",
                         help="PPOConfig.reward_mode: dense = 1.0 placed + 0.1 grasped (RLRC), sparse = 1.0 placed")
+    parser.add_argument("--advantage", choices=ADVANTAGES, default="gae",
+                        help="PPOConfig.advantage: gae = the critic's GAE, group = return minus the mean return of "
+                             "--group-size tries of the same start state")
+    parser.add_argument("--group-size", type=int, default=4, help="PPOConfig.group_size (envs per start state)")
+    parser.add_argument("--sim-backend", choices=SIM_BACKENDS, default="physx_cpu",
+                        help="PPOConfig.sim_backend for the PPO envs (physx_cuda: ManiSkill's GPU batching); "
+                             "the greedy evaluations run on CPU workers")
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
     args = parse_checked(parser, argv, ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size",
-                                        "update_epochs"))
+                                        "update_epochs", "group_size"))
     if args.target_kl is not None and args.target_kl <= 0:
         parser.error(f"--target-kl must be > 0, got {args.target_kl}")
     for name in ("temperature", "lr"):
@@ -139,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
             update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
             checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
             critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
-            target_kl=args.target_kl))
+            target_kl=args.target_kl, advantage=args.advantage, group_size=args.group_size,
+            sim_backend=args.sim_backend))
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

@@ -13,7 +13,7 @@ import torch
 from vla_compress.modeling import load_vla
 from vla_compress.recovery.checkpoint import latest_checkpoint
 from vla_compress.recovery.metrics import read_metrics
-from vla_compress.recovery.ppo import PPOConfig, compute_gae, ppo_losses, train_ppo
+from vla_compress.recovery.ppo import PPOConfig, compute_gae, group_advantages, ppo_losses, train_ppo
 from vla_compress.recovery.value_head import VALUE_HEAD_FILE
 
 torch.set_num_threads(1)
@@ -28,6 +28,7 @@ class FakeTaskEnv(gym.Env):
     zero_rewards = False  # class-wide: every reward is 0 (a rollout without any policy signal)
     steps = 0
     resets = 0
+    reset_seeds: list[int | None] = []
 
     def __init__(self, episode_steps: int = 4) -> None:
         self.episode_steps = episode_steps
@@ -44,6 +45,7 @@ class FakeTaskEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         FakeTaskEnv.resets += 1
+        FakeTaskEnv.reset_seeds.append(seed)
         self.t = 0
         return self._obs(), self._info()
 
@@ -80,6 +82,7 @@ class BanditEnv(FakeTaskEnv):
 def _reset_fake_env():
     FakeTaskEnv.crash_on_step, FakeTaskEnv.nan_reward_after, FakeTaskEnv.zero_rewards = None, None, False
     FakeTaskEnv.steps = FakeTaskEnv.resets = 0
+    FakeTaskEnv.reset_seeds = []
     yield
 
 
@@ -137,6 +140,33 @@ def test_ppo_losses_ratio_one_gives_plain_policy_gradient():
     assert approx_kl.item() == 0 and clipfrac.item() == 0
 
 
+def test_group_advantages_hand_worked():
+    """Two episode rounds of 4 envs in groups of 2, 3 steps per episode: each step of an episode gets its
+    return minus its group's mean; a group whose tries ended alike gets zeros."""
+    returns = torch.tensor([[1.0, 0.0, 0.0, 0.0],
+                            [2.0, 0.5, 3.0, 3.0]])
+    advantages = group_advantages(returns, group_size=2, episode_steps=3)
+    expected_rounds = torch.tensor([[0.5, -0.5, 0.0, 0.0],
+                                    [0.75, -0.75, 0.0, 0.0]])
+    assert advantages.shape == (6, 4)
+    torch.testing.assert_close(advantages, expected_rounds.repeat_interleave(3, dim=0))
+
+
+def test_group_mode_resets_each_group_from_one_seed(tmp_path):
+    """Group members share a reset seed, so they start alike; on the fake env (rewards drawn from the seeded
+    RNG, whatever the action) their returns are equal too: no group carries signal and the policy stays."""
+    before = _params(load_vla("tiny"))
+    model = train_ppo(load_vla("tiny"), tiny_config(tmp_path, num_envs=4, total_env_steps=16,
+                                                    env_factory=fake_factory(4, 4), advantage="group",
+                                                    group_size=2, critic_trains_backbone=False))
+    first, second = FakeTaskEnv.reset_seeds[:2], FakeTaskEnv.reset_seeds[2:4]
+    assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
+    row = read_metrics(tmp_path / "run")[-1]
+    assert row["charts/informative_groups"] == 0.0 and row["charts/policy_updated"] == 0.0
+    for key, value in _params(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
 # ---- config validation -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     ({"total_env_steps": -1}, "total_env_steps"),
@@ -148,10 +178,29 @@ def test_ppo_losses_ratio_one_gives_plain_policy_gradient():
     ({"device": "tpu"}, "device"),
     ({"critic_warmup_updates": -1}, "critic_warmup_updates"),
     ({"target_kl": 0.0}, "target_kl"),
+    ({"advantage": "vtrace"}, "advantage must be one of"),
+    ({"advantage": "group", "group_size": 3}, "group_size"),
+    ({"advantage": "group", "group_size": 1}, "group_size"),
+    ({"sim_backend": "mujoco"}, "sim_backend must be one of"),
+    ({"env_factory": None, "advantage": "group", "group_size": 2, "sim_backend": "physx_cuda"},
+     "per-env reset seeds"),
 ])
 def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(tmp_path, **kwargs).validate()
+
+
+def test_default_env_factory_passes_the_env_settings(monkeypatch):
+    from vla_compress import envs
+    from vla_compress.recovery.ppo import default_env_factory
+
+    calls = []
+    monkeypatch.setattr(envs, "make_env", lambda **kwargs: calls.append(kwargs))
+    config = PPOConfig(tasks=["red_cube_on_blue_plate"], num_envs=4, episode_steps=20, reward_mode="sparse",
+                       sim_backend="physx_cuda")
+    default_env_factory(config, image_size=64)(7)
+    assert calls == [{"suite": "maniskill", "tasks": ["red_cube_on_blue_plate"], "num_envs": 4, "image_size": 64,
+                      "seed": 7, "max_episode_steps": 20, "reward_mode": "sparse", "sim_backend": "physx_cuda"}]
 
 
 def test_output_dir_that_is_a_file_raises(tmp_path):
@@ -241,9 +290,10 @@ def _rewarded_mass(model, images: np.ndarray) -> float:
     return float(torch.softmax(logits, dim=-1)[:, rewarded].sum(-1).mean())
 
 
-def test_ppo_learns_a_bandit(tmp_path):
+@pytest.mark.parametrize("advantage", ["gae", "group"])
+def test_ppo_learns_a_bandit(tmp_path, advantage):
     """End to end on the real model: the probability of the rewarded actions rises (sign and pairing of
-    actions, log-probs and advantages are right)."""
+    actions, log-probs and advantages are right), with the critic's GAE and with the group baseline."""
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     before = _rewarded_mass(load_vla("tiny"), images)
 
@@ -252,9 +302,9 @@ def test_ppo_learns_a_bandit(tmp_path):
 
     model = train_ppo(load_vla("tiny"), tiny_config(
         tmp_path, num_envs=8, total_env_steps=32 * 20, minibatch_size=16, env_factory=factory,
-        learning_rate=1e-3, gamma=0.0, gae_lambda=0.0, checkpoint_every=0))
+        learning_rate=1e-3, gamma=0.0, gae_lambda=0.0, checkpoint_every=0, advantage=advantage))
     after = _rewarded_mass(model, images)
-    assert after > before + 0.2, (before, after)  # measured: 0.36 -> 0.80
+    assert after > before + 0.2, (before, after)  # measured: gae 0.36 -> 0.80, group 0.36 -> 0.60
 
 
 def test_env_crash_is_recovered(tmp_path):

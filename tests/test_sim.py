@@ -114,6 +114,23 @@ def test_sparse_reward_pays_placing_only():
     assert grasped and placed == 1.0 and not any(grasped)
 
 
+def test_ppo_groups_start_alike():
+    """PPO's advantage="group" resets each group of envs with one seed: same layout and task inside a group,
+    another layout in the next group (the group baseline compares tries of one start state)."""
+    from vla_compress.recovery.ppo import PPOConfig
+
+    seeds = PPOConfig(num_envs=4, advantage="group", group_size=2).reset_seeds(7)
+    envs = make_env(tasks=TASKS_IND[:4], num_envs=4, image_size=48, seed=0)
+    try:
+        obs, info = envs.reset(seed=seeds)
+    finally:
+        envs.close()
+    images, tasks = obs["image"], env_info(envs, info, "task")
+    assert seeds == [7, 7, 8, 8]
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[2], images[3]) and tasks[0] == tasks[1]
+    assert not np.array_equal(images[0], images[2])
+
+
 def test_generate_and_read_demos(tmp_path):
     import h5py
 

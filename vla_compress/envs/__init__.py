@@ -9,7 +9,7 @@ from typing import Any
 
 from vla_compress.envs.tasks import ALL_TASKS, COLOUR_NAMES, TASKS_IND, TASKS_OOD, instruction, resolve_tasks
 
-_VECTOR_NAMES = ("REWARD_MODES", "SUITES", "check_vulkan", "env_info", "make_env")
+_VECTOR_NAMES = ("REWARD_MODES", "SIM_BACKENDS", "SUITES", "check_vulkan", "env_info", "make_env")
 
 __all__ = ["ALL_TASKS", "COLOUR_NAMES", "TASKS_IND", "TASKS_OOD", "instruction", "resolve_tasks", *_VECTOR_NAMES]
 

@@ -2,7 +2,8 @@
 
 Read it against CleanRL's ``ppo.py``: `train_ppo` alternates `collect_rollout` (vectorised envs,
 temperature-1.0 sampling, storage `[T, N]`), `compute_gae` (GAE(gamma, lambda)) and `ppo_update`
-(one epoch of minibatches, clipped policy loss, clipped Huber value loss, grad-norm clip). Metrics go
+(one epoch of minibatches, clipped policy loss, clipped Huber value loss, grad-norm clip);
+`advantage="group"` swaps GAE for a group baseline (envs of a group share a start state). Metrics go
 to `output_dir/metrics.jsonl` (+ TensorBoard) under CleanRL's names; checkpoints are atomic and
 `resume=True` continues a killed run. `accelerate` makes the same code run on one CPU, one GPU or
 several processes (each process runs its own envs; gradients are all-reduced).
@@ -43,6 +44,7 @@ from vla_compress.recovery.value_head import ActorCritic, ValueHead, load_value_
 logger = logging.getLogger(__name__)
 
 EnvFactory = Callable[[int], Any]  # seed -> gymnasium VectorEnv
+ADVANTAGES = ("gae", "group")
 
 
 @dataclass
@@ -57,8 +59,15 @@ class PPOConfig:
     image_size: int | None = None  # env camera size; None = the model's input size
     unnorm_key: str | None = None  # norm_stats entry used to un-normalise actions
     env_factory: EnvFactory | None = None  # seed -> vector env; None builds `make_env(env, tasks, ...)`
+    # "physx_cpu": CPU worker processes; "physx_cuda": ManiSkill's GPU batching (many envs, one process)
+    sim_backend: str = "physx_cpu"
     # "dense": RLRC's reward (1.0 placed, 0.1 grasped); "sparse": 1.0 placed only (ManiSkill suite; see docs)
     reward_mode: str = "dense"
+    # "gae": the critic's GAE (RL4VLA). "group": every `group_size` envs start from the same state (same reset
+    # seed) and all steps of an episode get its return minus its group's mean return (RLOO / GRPO's baseline):
+    # the outcome of the actions is compared with other tries of the same layout, not with a critic's guess.
+    advantage: str = "gae"
+    group_size: int = 4  # envs per start state with advantage="group"
     # schedule
     total_env_steps: int = 600_000  # RLRC trains for 0.6M env steps
     rollout_steps: int | None = None  # steps per env per update; None = one episode
@@ -155,9 +164,27 @@ class PPOConfig:
             raise ValueError(f"{output_dir} already holds checkpoints; pass resume=True or a new output_dir")
         if self.env_factory is None:
             self._suite_and_tasks()
-        from vla_compress.envs.vector import check_reward_mode
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        from vla_compress.envs.vector import SIM_BACKENDS, check_reward_mode
 
         check_reward_mode(self.reward_mode)
+        if self.sim_backend not in SIM_BACKENDS:
+            raise ValueError(f"sim_backend must be one of {SIM_BACKENDS}, got {self.sim_backend!r}")
+        if self.advantage == "group" and self.sim_backend != "physx_cpu" and self.env_factory is None:
+            # the suite draws layouts with torch.rand, which ManiSkill seeds once per GPU batch (episode seed 0):
+            # the sub-envs of a group would not start alike
+            raise ValueError("advantage='group' needs per-env reset seeds: use sim_backend='physx_cpu' or an "
+                             "env_factory whose sub-envs honour a list of seeds")
+        if self.advantage == "group" and (self.group_size < 2 or self.num_envs % self.group_size):
+            raise ValueError(f"group_size must be >= 2 and divide num_envs ({self.num_envs}) with "
+                             f"advantage='group', got {self.group_size!r}")
+
+    def reset_seeds(self, seed: int) -> int | list[int]:
+        """The reset seed(s) of one episode round: one per group of envs with advantage="group"."""
+        if self.advantage != "group":
+            return seed  # the vector env gives sub-env i the seed `seed + i`
+        return [seed + i // self.group_size for i in range(self.num_envs)]
 
     def _suite_and_tasks(self) -> tuple[str, list[str]]:
         from vla_compress.envs import SUITES, resolve_tasks
@@ -189,6 +216,16 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
     return advantages, advantages + values
+
+
+def group_advantages(episode_returns: torch.Tensor, group_size: int, episode_steps: int) -> torch.Tensor:
+    """Advantages `[E * episode_steps, N]` from episode returns `[E, N]` (E episode rounds of N envs, where
+    envs `k * group_size ... (k + 1) * group_size - 1` shared a start state): every step of an episode gets its
+    return minus the mean return of its group. Groups whose tries all ended alike carry no signal (zeros)."""
+    rounds, num_envs = episode_returns.shape
+    grouped = episode_returns.float().reshape(rounds, num_envs // group_size, group_size)
+    advantages = (grouped - grouped.mean(-1, keepdim=True)).reshape(rounds, num_envs)
+    return advantages.repeat_interleave(episode_steps, dim=0)
 
 
 def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -260,12 +297,12 @@ def default_env_factory(config: PPOConfig, image_size: int) -> EnvFactory:
 
     suite, tasks = config._suite_and_tasks()
     return partial(_make_env_seeded, make_env, suite, tasks, config.num_envs, image_size, config.episode_steps,
-                   config.reward_mode)
+                   config.reward_mode, config.sim_backend)
 
 
-def _make_env_seeded(make_env, suite, tasks, num_envs, image_size, episode_steps, reward_mode, seed):
+def _make_env_seeded(make_env, suite, tasks, num_envs, image_size, episode_steps, reward_mode, sim_backend, seed):
     return make_env(suite=suite, tasks=tasks, num_envs=num_envs, image_size=image_size, seed=seed,
-                    max_episode_steps=episode_steps, reward_mode=reward_mode)
+                    max_episode_steps=episode_steps, reward_mode=reward_mode, sim_backend=sim_backend)
 
 
 # ---- rollout ------------------------------------------------------------------------------------------------
@@ -273,7 +310,7 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
                 generator: torch.Generator, reset_seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fill rows `t0 .. t0 + episode_steps` of `buffer` with one episode of every env."""
     num_envs = buffer.rewards.shape[1]
-    obs, info = runner.call("reset", seed=reset_seed)
+    obs, info = runner.call("reset", seed=config.reset_seeds(reset_seed))
     instructions = instructions_from_info(info, num_envs)
     episodic_return = np.zeros(num_envs)
     success_once = np.zeros(num_envs, dtype=bool)
@@ -503,9 +540,15 @@ def train_ppo(model, config: PPOConfig) -> Any:
             advantages, returns = compute_gae(buffer.rewards, buffer.values, buffer.dones, next_value, next_done,
                                               config.gamma, config.gae_lambda)
 
+            if config.advantage == "group":  # the critic still learns the returns (a diagnostic only)
+                episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
+                advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
+
             # 3. PPO update
             # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
             signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
+            if config.advantage == "group":
+                signal = signal and bool(advantages.any())  # some group's tries ended differently
             signal = any_process(accelerator, signal and update >= config.critic_warmup_updates)
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
@@ -513,6 +556,9 @@ def train_ppo(model, config: PPOConfig) -> Any:
             # 4. logs and checkpoints
             global_step = (update + 1) * batch_size * world
             metrics.update(_rollout_metrics(accelerator, stats))
+            if config.advantage == "group":  # share of start states whose tries ended differently
+                spread = episode_returns.reshape(-1, config.group_size).std(-1) > 0
+                metrics["charts/informative_groups"] = spread.float().mean().item()
             metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
             metrics["charts/critic_learning_rate"] = optimizer.param_groups[1]["lr"]
             metrics["charts/SPS"] = batch_size * world / max(time.time() - start_time, 1e-9)
