@@ -556,9 +556,10 @@ def train_ppo(model, config: PPOConfig) -> Any:
             # 4. logs and checkpoints
             global_step = (update + 1) * batch_size * world
             metrics.update(_rollout_metrics(accelerator, stats))
-            if config.advantage == "group":  # share of start states whose tries ended differently
-                spread = episode_returns.reshape(-1, config.group_size).std(-1) > 0
-                metrics["charts/informative_groups"] = spread.float().mean().item()
+            if config.advantage == "group":  # share of start states whose tries ended differently (all processes)
+                spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
+                metrics["charts/informative_groups"] = accelerator.reduce(spread.to(accelerator.device),
+                                                                          reduction="mean").item()
             metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
             metrics["charts/critic_learning_rate"] = optimizer.param_groups[1]["lr"]
             metrics["charts/SPS"] = batch_size * world / max(time.time() - start_time, 1e-9)
