@@ -7,8 +7,10 @@ then the same greedy evaluation (same tasks, same seeded episodes) again.
     python benchmarks/ppo_tasks.py --model OUT/models/sft --output-dir runs/ppo_e \
         --tasks blue_cube_on_purple_plate purple_cube_on_green_plate --episodes 32 --eval-seed 500 \
         --num-envs 8 --minibatch-size 120 --critic-warmup 3 --critic-off-backbone \
-        --env-steps 28800 --temperature 0.3 --lr 2e-5                                  # the longest run
+        --env-steps 28800 --temperature 0.3 --lr 2e-5                                  # run E
     ... the same --shuffle-advantages --output-dir runs/ppo_f                           # its no-signal control
+    ... the same --reward-mode sparse --advantage group --group-size 4 --first-grasp-bonus 0.5 \
+        --update-epochs 2 --target-kl 0.02 --critic-warmup 0 --output-dir runs/ppo_l    # run L
     python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
 
 Writes `before.json` (cached, so an interrupted run resumes without evaluating again), `result.json`
@@ -24,17 +26,19 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
-from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
+from vla_compress.envs import REWARD_MODES, SIM_BACKENDS, make_env
 from vla_compress.evaluation import evaluate
 from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
 from vla_compress.recovery.ppo import ADVANTAGES
+from vla_compress.recovery.rollout import info_flag
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
          "purple_cube_on_green_plate"]
@@ -66,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sim-backend", choices=SIM_BACKENDS, default="physx_cpu",
                         help="PPOConfig.sim_backend for the PPO envs (physx_cuda: ManiSkill's GPU batching); "
                              "the greedy evaluations run on CPU workers")
+    parser.add_argument("--first-grasp-bonus", type=float, default=0.0,
+                        help="add this reward once per episode, at the first step the target cube is grasped "
+                             "(experiment; 0 = off)")
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
@@ -76,9 +83,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("temperature", "lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.first_grasp_bonus < 0:
+        parser.error(f"--first-grasp-bonus must be >= 0, got {args.first_grasp_bonus}")
     if args.critic_warmup < 0:
         parser.error(f"--critic-warmup must be >= 0, got {args.critic_warmup}")
     return args
+
+
+class FirstGraspBonus(gym.vector.VectorWrapper):
+    """Adds `bonus` to the reward at the first step of an episode where the target cube is grasped.
+
+    An experiment of this script, not a library reward: a subgoal reward that, unlike RLRC's 0.1 per grasped
+    step, pays nothing for holding on (most of the SFT policy's failures never grasp the cube at all).
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, bonus: float) -> None:
+        super().__init__(env)
+        self.bonus = bonus
+        self.grasped = np.zeros(env.num_envs, dtype=bool)
+
+    def reset(self, **kwargs):
+        self.grasped[:] = False  # PPO resets every env at the start of each episode
+        return self.env.reset(**kwargs)
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        grasped = info_flag(info, "is_grasped", self.num_envs)
+        bonus = self.bonus * (grasped & ~self.grasped)
+        self.grasped |= grasped
+        if isinstance(reward, torch.Tensor):
+            bonus = torch.as_tensor(bonus, dtype=reward.dtype, device=reward.device)
+        return obs, reward + bonus, terminated, truncated, info
+
+
+def grasp_bonus_factory(args: argparse.Namespace, image_size: int):
+    """`seed -> env` for PPOConfig.env_factory: the suite's env with FirstGraspBonus on top."""
+    def factory(seed: int) -> gym.vector.VectorEnv:
+        envs = make_env(tasks=args.tasks, num_envs=args.num_envs, image_size=image_size, seed=seed,
+                        max_episode_steps=EPISODE_STEPS, reward_mode=args.reward_mode, sim_backend=args.sim_backend)
+        return FirstGraspBonus(envs, args.first_grasp_bonus)
+
+    return factory
 
 
 def greedy_success(model, args: argparse.Namespace) -> dict:
@@ -139,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(before_file, before)
     print("before", json.dumps(before), flush=True)
     start = time.time()
+    env_factory = grasp_bonus_factory(args, int(model.config.image_sizes[0])) if args.first_grasp_bonus else None
     with shuffled_advantages() if args.shuffle_advantages else nullcontext():
         model = recover(model, rl=PPOConfig(
             tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
@@ -148,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
             critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
             target_kl=args.target_kl, advantage=args.advantage, group_size=args.group_size,
-            sim_backend=args.sim_backend))
+            sim_backend=args.sim_backend, env_factory=env_factory))
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

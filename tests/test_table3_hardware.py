@@ -59,6 +59,8 @@ def test_table3_hardware_rejects_bad_flags(tmp_path):
     ("--num-envs", "0", "--num-envs must be >= 1"),
     ("--lr", "0", "--lr must be > 0"),
     ("--critic-warmup", "-1", "--critic-warmup must be >= 0"),
+    ("--first-grasp-bonus", "-1", "--first-grasp-bonus must be >= 0"),
+    ("--group-size", "0", "--group-size must be >= 1"),
 ])
 def test_ppo_tasks_rejects_bad_flags(flag, value, message):
     command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", flag, value]
@@ -80,3 +82,30 @@ def test_ppo_tasks_shuffled_advantages_permute_and_restore(monkeypatch):
     assert not torch.equal(shuffled, plain) and torch.equal(shuffled.flatten().sort().values, plain.flatten())
     assert torch.equal(shuffled_returns, returns)  # the critic still learns the true returns
     assert torch.equal(ppo.compute_gae(*args)[0], plain)  # restored
+
+
+def test_ppo_tasks_first_grasp_bonus_pays_once_per_episode(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gymnasium as gym
+    import numpy as np
+    import ppo_tasks
+
+    class GraspEnv(gym.Env):
+        """Reward 0; grasped on steps 2, 3 and 5 of each episode (released on step 4)."""
+
+        observation_space = gym.spaces.Box(0, 1, (1,))
+        action_space = gym.spaces.Box(-1, 1, (7,))
+
+        def reset(self, *, seed=None, options=None):
+            self.t = 0
+            return np.zeros(1, np.float32), {"is_grasped": False}
+
+        def step(self, action):
+            self.t += 1
+            return np.zeros(1, np.float32), 0.0, False, False, {"is_grasped": self.t in (2, 3, 5)}
+
+    envs = ppo_tasks.FirstGraspBonus(gym.vector.SyncVectorEnv([GraspEnv, GraspEnv]), bonus=0.5)
+    for _ in range(2):  # the bonus comes back after a reset
+        envs.reset(seed=0)
+        rewards = [envs.step(np.zeros((2, 7)))[1] for _ in range(6)]
+        assert np.array_equal(np.stack(rewards)[:, 0], [0.0, 0.5, 0.0, 0.0, 0.0, 0.0])
