@@ -33,11 +33,11 @@ from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
-from vla_compress.envs import REWARD_MODES, SIM_BACKENDS, make_env
+from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
 from vla_compress.evaluation import evaluate
 from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
-from vla_compress.recovery.ppo import ADVANTAGES
+from vla_compress.recovery.ppo import ADVANTAGES, default_env_factory
 from vla_compress.recovery.rollout import info_flag
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
@@ -116,14 +116,9 @@ class FirstGraspBonus(gym.vector.VectorWrapper):
         return obs, reward + bonus, terminated, truncated, info
 
 
-def grasp_bonus_factory(args: argparse.Namespace, image_size: int):
-    """`seed -> env` for PPOConfig.env_factory: the suite's env with FirstGraspBonus on top."""
-    def factory(seed: int) -> gym.vector.VectorEnv:
-        envs = make_env(tasks=args.tasks, num_envs=args.num_envs, image_size=image_size, seed=seed,
-                        max_episode_steps=EPISODE_STEPS, reward_mode=args.reward_mode, sim_backend=args.sim_backend)
-        return FirstGraspBonus(envs, args.first_grasp_bonus)
-
-    return factory
+def with_first_grasp_bonus(factory, bonus: float):
+    """PPOConfig.env_factory: `factory`'s env (the library's default one) with FirstGraspBonus on top."""
+    return lambda seed: FirstGraspBonus(factory(seed), bonus)
 
 
 def greedy_success(model, args: argparse.Namespace) -> dict:
@@ -184,17 +179,20 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(before_file, before)
     print("before", json.dumps(before), flush=True)
     start = time.time()
-    env_factory = grasp_bonus_factory(args, int(model.config.image_sizes[0])) if args.first_grasp_bonus else None
+    config = PPOConfig(
+        tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
+        rollout_steps=EPISODE_STEPS * args.rollout_episodes, total_env_steps=args.env_steps,
+        minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
+        update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
+        checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
+        critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
+        target_kl=args.target_kl, advantage=args.advantage, group_size=args.group_size,
+        sim_backend=args.sim_backend)
+    if args.first_grasp_bonus:
+        config.env_factory = with_first_grasp_bonus(default_env_factory(config, int(model.config.image_sizes[0])),
+                                                    args.first_grasp_bonus)
     with shuffled_advantages() if args.shuffle_advantages else nullcontext():
-        model = recover(model, rl=PPOConfig(
-            tasks=args.tasks, num_envs=args.num_envs, episode_steps=EPISODE_STEPS,
-            rollout_steps=EPISODE_STEPS * args.rollout_episodes, total_env_steps=args.env_steps,
-            minibatch_size=args.minibatch_size, learning_rate=args.lr, critic_warmup_updates=args.critic_warmup,
-            update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
-            checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
-            critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
-            target_kl=args.target_kl, advantage=args.advantage, group_size=args.group_size,
-            sim_backend=args.sim_backend, env_factory=env_factory))
+        model = recover(model, rl=config)
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

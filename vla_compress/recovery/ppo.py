@@ -540,15 +540,17 @@ def train_ppo(model, config: PPOConfig) -> Any:
             advantages, returns = compute_gae(buffer.rewards, buffer.values, buffer.dones, next_value, next_done,
                                               config.gamma, config.gae_lambda)
 
-            if config.advantage == "group":  # the critic still learns the returns (a diagnostic only)
-                episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
-                advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
-
             # 3. PPO update
             # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
             signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
-            if config.advantage == "group":
+            group_metrics: dict[str, float] = {}
+            if config.advantage == "group":  # the critic still learns GAE's returns (a diagnostic only)
+                episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
+                advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
                 signal = signal and bool(advantages.any())  # some group's tries ended differently
+                spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
+                group_metrics["charts/informative_groups"] = accelerator.reduce(  # all processes
+                    spread.to(accelerator.device), reduction="mean").item()
             signal = any_process(accelerator, signal and update >= config.critic_warmup_updates)
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
@@ -556,10 +558,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
             # 4. logs and checkpoints
             global_step = (update + 1) * batch_size * world
             metrics.update(_rollout_metrics(accelerator, stats))
-            if config.advantage == "group":  # share of start states whose tries ended differently (all processes)
-                spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
-                metrics["charts/informative_groups"] = accelerator.reduce(spread.to(accelerator.device),
-                                                                          reduction="mean").item()
+            metrics.update(group_metrics)  # share of start states whose tries ended differently
             metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
             metrics["charts/critic_learning_rate"] = optimizer.param_groups[1]["lr"]
             metrics["charts/SPS"] = batch_size * world / max(time.time() - start_time, 1e-9)
