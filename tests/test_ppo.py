@@ -150,6 +150,8 @@ def test_group_advantages_hand_worked():
                                     [0.75, -0.75, 0.0, 0.0]])
     assert advantages.shape == (6, 4)
     torch.testing.assert_close(advantages, expected_rounds.repeat_interleave(3, dim=0))
+    with pytest.raises(ValueError, match="group_size must be >= 1 and divide the number of envs"):
+        group_advantages(returns, group_size=3, episode_steps=3)
 
 
 def test_group_mode_resets_each_group_from_one_seed(tmp_path):

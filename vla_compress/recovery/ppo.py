@@ -223,6 +223,8 @@ def group_advantages(episode_returns: torch.Tensor, group_size: int, episode_ste
     envs `k * group_size ... (k + 1) * group_size - 1` shared a start state): every step of an episode gets its
     return minus the mean return of its group. Groups whose tries all ended alike carry no signal (zeros)."""
     rounds, num_envs = episode_returns.shape
+    if group_size < 1 or num_envs % group_size:
+        raise ValueError(f"group_size must be >= 1 and divide the number of envs ({num_envs}), got {group_size!r}")
     grouped = episode_returns.float().reshape(rounds, num_envs // group_size, group_size)
     advantages = (grouped - grouped.mean(-1, keepdim=True)).reshape(rounds, num_envs)
     return advantages.repeat_interleave(episode_steps, dim=0)
