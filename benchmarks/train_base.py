@@ -1,25 +1,32 @@
-"""Train the shipped base policy `tiny-maniskill` from scratch by SFT on the suite's expert demos.
+r"""Train the shipped base policy `tiny-maniskill` from scratch on this CPU: one resumable command.
 
-    python benchmarks/train_base.py                      # demos -> SFT -> evaluation -> package data
-    python benchmarks/train_base.py --steps 20 --eval-episodes 1 --output-dir /tmp/base --no-ship  # smoke
-    python benchmarks/train_base.py --init tiny-maniskill --output-dir runs/more   # train the shipped policy further
-    python benchmarks/train_base.py --device cuda --batch-size 256 --steps 20000 --no-eval --no-ship  # on a GPU
+    python benchmarks/train_base.py --output-dir /work/runs/base          # the whole recipe (docs/model_card.md)
+    python benchmarks/train_base.py --output-dir /tmp/b --episodes-per-task 1 --steps 4 --dagger-rounds 1 \
+        --dagger-episodes 1 --dagger-steps 2 --eval-episodes 1 --tasks-limit 2 --no-ship   # smoke
 
-Resumable: rerun the same command after an interruption; demos, checkpoints and the evaluation are
-cached in `--output-dir`. Seeds are fixed. The result is written in the OpenVLA format (fp16 storage,
-loads as fp32) to `vla_compress/presets/tiny-maniskill` together with `eval.json`.
+Stages, each cached in --output-dir so a rerun after an interruption resumes where it stopped:
+  demos/          scripted-expert demonstrations of the 16 IND tasks (one HDF5 file per task)
+  train_0/        training from scratch on the demos (checkpoints every --checkpoint-every steps)
+  dagger_R/       round R: the current policy rolled out on the IND tasks, every visited state labelled
+                  by the state-based expert; train_R/ continues training on demos + all DAgger data
+  eval.json       greedy success on all 25 tasks (IND and held-out OOD), --eval-episodes per task, on
+                  evaluation seeds disjoint from every demo and DAgger seed
+  final/          the model in the OpenVLA format, model_card.json (settings, stage wall times, success
+                  with 95% Wilson intervals), eval_by_task.md; copied into the package unless --no-ship
 
-The training samples live on `--device` (`ResidentDemos`: frames as uint8 tensors, tokens built once), so
-on a GPU the steps are not held back by host-side batch building. `--no-eval` skips the simulator
-evaluation (for a machine without the simulator: evaluate the result elsewhere with `vla-compress evaluate`).
+Training (written here, not `train_sft`, for two training-only losses the library's SFT has no use for):
+  - the action tokens' cross-entropy against a Gaussian-smoothed target over neighbouring bins (the
+    256 bins are ordered, so a near miss is cheaper than a far one; the argmax target is unchanged);
+  - an auxiliary regression of privileged simulator state (TCP, target cube and plate positions, finger
+    opening, grasp) from the LM's hidden state at the position that predicts the first action token.
+    The head is dropped after training: inference sees only the image and the instruction.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
+import os
 import platform
 import shutil
 import time
@@ -27,154 +34,287 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
-from vla_compress.data import DemoDataset, ResidentDemos, generate_demos
-from vla_compress.envs.tasks import TASKS_IND
+from vla_compress.data import DemoDataset, collect_dagger, generate_demos
+from vla_compress.data.demos import STATE_DIM
+from vla_compress.data.resident import shift_images
+from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD
 from vla_compress.evaluation import evaluate
-from vla_compress.modeling import build_model, load_vla, preset_config
+from vla_compress.evaluation.success import wilson_interval
+from vla_compress.modeling import build_model, load_vla, normalize_actions, preset_config
 from vla_compress.modeling.presets import SHIPPED_PRESETS
-from vla_compress.recovery.checkpoint import latest_checkpoint
-from vla_compress.recovery.sft import SFTConfig, train_sft
+from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from vla_compress.recovery.sft import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PRESET_DIR = REPO / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
+DEMO_SEED, EVAL_SEED, DAGGER_SEED = 0, 1, 100  # episode seeds of the three never overlap (see --help)
+AUX_FILE = "aux_head.pt"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/train_base"))
-    parser.add_argument("--demos", type=Path, default=None, help="demo directory (default: <output-dir>/demos)")
-    parser.add_argument("--episodes-per-task", type=int, default=40)
-    parser.add_argument("--image-size", type=int, default=128, help="camera size; the model resizes to its own")
-    parser.add_argument("--preset", default="tiny", help="architecture preset to train from scratch")
-    parser.add_argument("--init", default=None,
-                        help="start from these weights instead of scratch (e.g. tiny-maniskill, to train further)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds of training: --steps is set from a 30-step timing on this machine "
-                             "(recorded in <output-dir>/steps.json, so a resumed run keeps its schedule)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up steps (at most a tenth of --steps)")
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--held-out-episodes", type=int, default=2, help="per task, for the held-out loss")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="per task, IND and OOD")
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--preset", default="tiny-policy", help="architecture preset trained from scratch")
+    parser.add_argument("--episodes-per-task", type=int, default=50, help="expert demos per IND task")
+    parser.add_argument("--demo-noise", type=float, default=0.1, help="DART noise on the expert's executed xyz")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps on the demos alone")
+    parser.add_argument("--dagger-rounds", type=int, default=2)
+    parser.add_argument("--dagger-episodes", type=int, default=8, help="learner rollouts per IND task per round")
+    parser.add_argument("--dagger-steps", type=int, default=1000, help="training steps after each round")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dagger-lr", type=float, default=5e-4, help="peak lr of the training after a round")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--bin-sigma", type=float, default=1.5, help="width of the smoothed target, in bins")
+    parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the privileged-state loss")
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--eval-episodes", type=int, default=20, help="per task, all 25 tasks")
+    parser.add_argument("--tasks-limit", type=int, default=None,
+                        help="smoke runs: only the first N IND tasks (and N OOD tasks in the evaluation)")
+    parser.add_argument("--num-envs", type=int, default=2, help="simulator workers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="model init and batch order")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
-    parser.add_argument("--no-eval", action="store_true", help="train only (no simulator needed); implies --no-ship")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("episodes_per_task", "steps", "dagger_episodes", "dagger_steps", "batch_size",
+                 "checkpoint_every", "eval_episodes", "num_envs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.dagger_rounds < 0:
+        parser.error(f"--dagger-rounds must be >= 0, got {args.dagger_rounds}")
+    if args.lr <= 0 or args.dagger_lr <= 0 or args.bin_sigma <= 0 or args.aux_weight < 0:
+        parser.error("--lr, --dagger-lr and --bin-sigma must be > 0, --aux-weight >= 0")
+    return args
 
 
-def split_by_episode(dataset: DemoDataset, held_out_per_task: int) -> tuple[list[dict], list[dict]]:
-    """Load all samples into memory; the last `held_out_per_task` episodes of each task are held out."""
-    episodes: dict[tuple[str, int], list[dict]] = {}
-    for sample in dataset:
-        episodes.setdefault((sample["task"], sample["episode"]), []).append(sample)
-    train, held_out = [], []
-    for task in sorted({task for task, _ in episodes}):
-        ids = sorted(ep for t, ep in episodes if t == task)
-        for ep in ids:
-            (held_out if ep in ids[len(ids) - held_out_per_task:] else train).extend(episodes[(task, ep)])
-    return train, held_out
+# ---- data ------------------------------------------------------------------------------------------------
+def aux_targets(state: np.ndarray) -> np.ndarray:
+    """Privileged state plus the offsets the expert acts on (cube - TCP, plate - TCP, plate - cube)."""
+    tcp, cube, plate = state[:, 0:3], state[:, 3:6], state[:, 6:9]
+    return np.concatenate([state, cube - tcp, plate - tcp, plate - cube], axis=1).astype(np.float32)
 
 
-def steps_for_budget(model, data: ResidentDemos, args: argparse.Namespace, probe_steps: int = 30) -> int:
-    """Steps that fit `args.time_budget` seconds, timed on a copy of `model` (decided once per output dir)."""
-    record = args.output_dir / "steps.json"
-    if record.exists():
-        return json.loads(record.read_text())["steps"]
-    probe = copy.deepcopy(model)
-    config = SFTConfig(data=data, steps=5, batch_size=args.batch_size, lr=args.lr, progress=False,
-                       device=args.device)
-    train_sft(probe, config)  # warm-up (allocator, kernels)
-    start = time.perf_counter()
-    train_sft(probe, dataclasses.replace(config, steps=probe_steps))
-    seconds_per_step = (time.perf_counter() - start) / probe_steps
-    # 10% margin for the held-out evaluations and checkpoints
-    steps = max(1, int(0.9 * args.time_budget / seconds_per_step))
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"steps": steps, "seconds_per_step": seconds_per_step,
-                                  "time_budget": args.time_budget, "batch_size": args.batch_size}))
-    print(f"time budget {args.time_budget:.0f} s at {seconds_per_step * 1e3:.1f} ms/step: {steps} steps")
-    return steps
+class TrainSet:
+    """Every sample of some demo / DAgger directories as tensors: frames resized once to the model's input
+    size (uint8), prompt + action tokens, standardised auxiliary targets."""
+
+    def __init__(self, dirs: list[Path], model, norm_stats: dict, aux_stats: tuple[np.ndarray, np.ndarray] | None):
+        images, instructions, actions, states = [], [], [], []
+        for directory in dirs:
+            for sample in DemoDataset(directory):
+                images.append(sample["image"])
+                instructions.append(sample["instruction"])
+                actions.append(sample["action"])
+                states.append(sample["state"])
+        size = model.processor.image_sizes[0]
+        frames = torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).float()
+        frames = torch.cat([F.interpolate(chunk, size=(size, size), mode="bicubic", antialias=True,
+                                          align_corners=False) for chunk in frames.split(2048)])
+        self.images = frames.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        tokens = model.processor.tokenize(instructions, normalize_actions(np.stack(actions), norm_stats))
+        self.input_ids, self.attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        aux = aux_targets(np.stack(states))
+        self.aux_stats = aux_stats or (aux.mean(0), aux.std(0) + 1e-3)
+        self.aux = torch.as_tensor((aux - self.aux_stats[0]) / self.aux_stats[1])
+
+    def __len__(self) -> int:
+        return len(self.aux)
+
+    def batch(self, model, rows: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        return {"pixel_values": model.processor.pixel_values(shift_images(self.images[rows], rng)),
+                "input_ids": self.input_ids[rows], "attention_mask": self.attention_mask[rows],
+                "aux": self.aux[rows]}
 
 
-def cached_evaluation(model, path: Path, args: argparse.Namespace) -> dict:
-    """IND + OOD success of `model`; reuses `path` when an earlier run of the same settings wrote it."""
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached["episodes_per_task"] == args.eval_episodes and cached["seed"] == args.seed:
-            return cached
-    return evaluate(model, tasks="all", episodes_per_task=args.eval_episodes, num_envs=args.num_envs,
-                    seed=args.seed, image_size=args.image_size, output=path).to_dict()
+# ---- training --------------------------------------------------------------------------------------------
+AUX_DIM = STATE_DIM + 9  # aux_targets' columns
+
+
+def make_aux_head(hidden: int) -> nn.Module:
+    """Training-only MLP from the LM's hidden state to the standardised auxiliary targets."""
+    return nn.Sequential(nn.Linear(hidden, 256), nn.GELU(), nn.Linear(256, AUX_DIM))
+
+
+def smoothed_action_loss(action_logits: torch.Tensor, target_index: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Cross-entropy against a Gaussian over bins centred on each target bin ([B, 7, n_bins] logits)."""
+    bins = torch.arange(action_logits.shape[-1], device=action_logits.device, dtype=torch.float32)
+    target = torch.exp(-0.5 * ((bins - target_index.unsqueeze(-1).float()) / sigma) ** 2)
+    target = target / target.sum(-1, keepdim=True)
+    return -(target * torch.log_softmax(action_logits.float(), dim=-1)).sum(-1).mean()
+
+
+def train_stage(model, aux_head: nn.Module, data: TrainSet, steps: int, lr: float, out: Path,
+                args: argparse.Namespace) -> dict:
+    """`steps` AdamW steps (warm-up + cosine) on `data`; resumes from `out`'s latest checkpoint."""
+    params = [*model.parameters(), *aux_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(args.warmup, steps // 10), steps, 0.1))
+    start = 0
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        model.load_state_dict(load_vla(checkpoint).state_dict())
+        aux_head.load_state_dict(state["aux_head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+    if start >= steps:
+        return {"steps": steps, "resumed_from": start}
+    first = model.action_token_ids.start
+    model.train()
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "metrics.jsonl").open("a")
+    bar = tqdm(range(start, steps), desc=out.name, initial=start, total=steps)
+    began = time.perf_counter()
+    for step in bar:
+        rng = np.random.default_rng([args.seed, step, len(data)])
+        batch = data.batch(model, rng.integers(0, len(data), size=args.batch_size), rng)
+        out_actions = model.action_forward(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        targets = batch["input_ids"][:, -7:] - first
+        action_loss = smoothed_action_loss(out_actions.action_logits, targets, args.bin_sigma)
+        aux_loss = F.mse_loss(aux_head(out_actions.critic_features), batch["aux"])
+        loss = action_loss + args.aux_weight * aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient at step {step}; last checkpoint {latest_checkpoint(out)}")
+        optimizer.step()
+        scheduler.step()
+        if step % 25 == 0 or step == steps - 1:
+            accuracy = (out_actions.action_logits.argmax(-1) == targets).float().mean().item()
+            record = {"step": step + 1, "loss": loss.item(), "action_loss": action_loss.item(),
+                      "aux_loss": aux_loss.item(), "token_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": grad_norm.item(), "seconds": time.perf_counter() - began}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{action_loss.item():.3f}", aux=f"{aux_loss.item():.3f}", acc=f"{accuracy:.2f}")
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
+            save_checkpoint(out, step + 1, model, {"aux_head": aux_head.state_dict(),
+                                                   "optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict()})
+    log.close()
+    model.eval()
+    return {"steps": steps, "resumed_from": start, "seconds": time.perf_counter() - began}
+
+
+# ---- recipe ----------------------------------------------------------------------------------------------
+class StageClock:
+    """Wall time of each stage, summed over resumed runs, in <output-dir>/stage_seconds.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=2))
+        os.replace(tmp, self.path)
+
+
+def success_summary(result: dict) -> dict:
+    """IND / OOD success with episode counts and 95% Wilson intervals."""
+    summary = {}
+    for split, tasks in (("ind", TASKS_IND), ("ood", TASKS_OOD)):
+        episodes = [e for e in result["episodes"] if e["task"] in tasks]
+        wins = sum(e["success"] for e in episodes)
+        low, high = wilson_interval(wins, len(episodes))
+        summary[split] = {"successes": wins, "episodes": len(episodes), "rate": wins / max(len(episodes), 1),
+                          "wilson95": [low, high]}
+    return summary
 
 
 def eval_table(result: dict) -> str:
-    """Success rate per task as a markdown table (IND tasks first)."""
     lines = ["| task | split | success |", "|---|---|---|"]
     for task, rate in sorted(result["success_rate"].items(), key=lambda kv: (kv[0] not in TASKS_IND, kv[0])):
         lines.append(f"| {task} | {'IND' if task in TASKS_IND else 'OOD'} | {100 * rate:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = True  # GPU only: TF32 matmuls for the fp32 weights
-    torch.backends.cudnn.allow_tf32 = True
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     out = args.output_dir
-    demos = args.demos or out / "demos"
-    if not (demos / "norm_stats.json").exists():
-        generate_demos(demos, tasks="ind", episodes_per_task=args.episodes_per_task, image_size=args.image_size,
-                       seed=args.seed)
-    dataset = DemoDataset(demos)
-    train, held_out = split_by_episode(dataset, args.held_out_episodes)
-    print(f"demos: {dataset.num_episodes} episodes, {len(train)} train / {len(held_out)} held-out samples")
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(out / "stage_seconds.json")
+    tasks = list(TASKS_IND[: args.tasks_limit]) if args.tasks_limit else "ind"
+    eval_tasks = [*TASKS_IND[: args.tasks_limit], *TASKS_OOD[: args.tasks_limit]] if args.tasks_limit else "all"
 
-    if args.init:
-        model = load_vla(args.init, device=args.device, dtype=torch.float32)
-    else:
-        model = build_model(preset_config(args.preset), seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    eval_subset = [held_out[i] for i in rng.choice(len(held_out), size=min(256, len(held_out)), replace=False)]
-    model.to(args.device)
-    data = ResidentDemos(train, model.processor, dataset.norm_stats, device=args.device)
-    if args.time_budget:
-        args.steps = steps_for_budget(model, data, args)
-    model = train_sft(model, SFTConfig(
-        data=data, eval_data=eval_subset,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup, args.steps // 10),
-        eval_every=args.checkpoint_every, checkpoint_every=args.checkpoint_every, output_dir=out / "sft",
-        seed=args.seed, device=args.device))
-    model.eval()
-    if args.no_eval:
-        model.save_pretrained(out / "final")
-        print(f"trained {args.steps} steps; model in {out / 'final'} (no evaluation: --no-eval)")
-        return
-    model.to("cpu")
-    result = cached_evaluation(model, out / "eval.json", args)
-    checkpoint = latest_checkpoint(out / "sft")
+    demos = out / "demos"
+    if not (demos / "norm_stats.json").exists():
+        generate_demos(demos, tasks=tasks, episodes_per_task=args.episodes_per_task, seed=DEMO_SEED,
+                       num_workers=args.num_envs, noise_std=args.demo_noise)
+    if "demos" not in clock.seconds:  # generation's own total, which also counts runs interrupted and resumed
+        clock.record("demos", json.loads((demos / "summary.json").read_text())["seconds"])
+    norm_stats = DemoDataset(demos).norm_stats
+
+    model = build_model(preset_config(args.preset, norm_stats=norm_stats), seed=args.seed)
+    torch.manual_seed(args.seed)
+    aux_head = make_aux_head(model.config.text_config.hidden_size)
+    data_dirs = [demos]
+    data = TrainSet(data_dirs, model, norm_stats, None)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(data)} demo samples")
+    began = time.perf_counter()
+    report = {"train_0": train_stage(model, aux_head, data, args.steps, args.lr, out / "train_0", args)}
+    if "seconds" in report["train_0"]:  # trained in this run (a finished stage is only reloaded)
+        clock.record("train_0", time.perf_counter() - began)
+
+    for r in range(1, args.dagger_rounds + 1):
+        began = time.perf_counter()
+        dagger = out / f"dagger_{r}"
+        if not (dagger / "summary.json").exists():
+            collect_dagger(model, dagger, tasks=tasks, episodes_per_task=args.dagger_episodes,
+                           seed=DAGGER_SEED + r, num_workers=args.num_envs)
+            clock.record(f"dagger_{r}", time.perf_counter() - began)
+        report[f"dagger_{r}"] = json.loads((dagger / "summary.json").read_text())["learner_success_rate"]
+        print(f"DAgger round {r}: learner success {report[f'dagger_{r}']:.2f} on its rollouts")
+        data_dirs.append(dagger)
+        data = TrainSet(data_dirs, model, norm_stats, data.aux_stats)
+        began = time.perf_counter()
+        report[f"train_{r}"] = train_stage(model, aux_head, data, args.dagger_steps, args.dagger_lr,
+                                           out / f"train_{r}", args)
+        report[f"train_{r}"]["samples"] = len(data)
+        if "seconds" in report[f"train_{r}"]:
+            clock.record(f"train_{r}", time.perf_counter() - began)
+
+    began = time.perf_counter()
+    eval_path = out / "eval.json"
+    if not eval_path.exists():
+        evaluate(model, tasks=eval_tasks, episodes_per_task=args.eval_episodes, num_envs=args.num_envs, seed=EVAL_SEED,
+                 output=eval_path)
+        clock.record("eval", time.perf_counter() - began)
+    result = json.loads(eval_path.read_text())
+    success = success_summary(result)
+    final = out / "final"
+    model.to(torch.float16).save_pretrained(final)
     card = {
-        "preset": args.preset, "init": args.init, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "train_samples": len(train), "demo_episodes": dataset.num_episodes, "ind_tasks": len(TASKS_IND),
-        "checkpoint": str(checkpoint), "sft_log": str(out / "sft" / "metrics.jsonl"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()),
+        "lm_parameters": sum(p.numel() for p in model.language_model.parameters()),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "training": report, "demo_samples": len(DemoDataset(demos)),
+        "seeds": {"demos": DEMO_SEED, "dagger": [DAGGER_SEED + r for r in range(1, args.dagger_rounds + 1)],
+                  "evaluation": EVAL_SEED},
+        "stage_seconds": clock.seconds, "total_hours": sum(clock.seconds.values()) / 3600,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch threads",
         "ind_success_rate": result["ind_success_rate"], "ood_success_rate": result["ood_success_rate"],
-        "eval_episodes_per_task": args.eval_episodes, "mean_episode_length": result["mean_episode_length"],
+        "success": success, "eval_episodes_per_task": args.eval_episodes,
+        "mean_episode_length": result["mean_episode_length"],
+        "reproduce": "vla-compress evaluate tiny-maniskill --tasks all "
+                     f"--episodes {args.eval_episodes} --seed {EVAL_SEED} --num-envs {args.num_envs}",
     }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    (out / "eval_by_task.md").write_text(eval_table(result))
-    print(json.dumps(card, indent=2))
+    for name, text in (("model_card.json", json.dumps(card, indent=2)), ("eval_by_task.md", eval_table(result))):
+        (final / name).write_text(text)
+    shutil.copy(eval_path, final / "eval.json")
+    print(json.dumps({"success": success, "stage_seconds": clock.seconds}, indent=2))
     if not args.no_ship:
         shutil.rmtree(PACKAGE_PRESET_DIR, ignore_errors=True)
-        model.to(torch.float16).save_pretrained(PACKAGE_PRESET_DIR)
-        shutil.copy(out / "eval.json", PACKAGE_PRESET_DIR / "eval.json")
-        shutil.copy(out / "model_card.json", PACKAGE_PRESET_DIR / "model_card.json")
-        shutil.copy(out / "eval_by_task.md", PACKAGE_PRESET_DIR / "eval_by_task.md")
+        shutil.copytree(final, PACKAGE_PRESET_DIR)
         print(f"shipped to {PACKAGE_PRESET_DIR}")
 
 

@@ -8,6 +8,9 @@ Dataset layout (a directory):
             rgb      [T,H,W,3] uint8    camera image before each action (lzf-compressed)
             actions  [T,7]     float32  expert action: xyz delta, rotation delta, gripper (-1 closed, +1 open)
             proprio  [T,9]     float32  TCP pose (xyz, wxyz) and the two finger joint positions
+            state    [T,11]    float32  privileged state (STATE_FIELDS): TCP, target cube and plate
+                                        positions, finger opening, target cube grasped (for training-only
+                                        auxiliary losses; absent in files written before it existed)
             attrs: task, instruction, success (bool), seed
     <out_dir>/norm_stats.json        OpenVLA form: {dataset_name: {"action": {mean,std,max,min,q01,q99,mask},
                                      "proprio": {...}, "num_transitions", "num_trajectories"}}
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,17 @@ from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
 
 DATASET_NAME = "maniskill_put_cube_on_plate"
 ACTION_MASK = [True] * 6 + [False]
+# Privileged simulator state recorded beside each frame: (info key, width) in column order.
+STATE_FIELDS = (("tcp_pos", 3), ("cube_pos", 3), ("plate_pos", 3), ("gripper_width", 1), ("is_grasped", 1))
+STATE_DIM = sum(width for _, width in STATE_FIELDS)
+
+
+def privileged_state(info: dict, num_envs: int) -> np.ndarray:
+    """float32 [num_envs, STATE_DIM] from a suite env's ``info`` (columns as ``STATE_FIELDS``)."""
+    columns = []
+    for key, width in STATE_FIELDS:
+        columns.append(np.asarray(to_numpy(info[key]), dtype=np.float32).reshape(num_envs, width))
+    return np.concatenate(columns, axis=1)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -41,9 +55,16 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _rollout_batch(envs, expert, seeds: list[int], task: str, noise_std: float, rng: np.random.Generator,
-                   max_steps: int) -> list[dict[str, np.ndarray] | None]:
-    """Run one batch of expert episodes; per env the recorded steps up to first success, or None."""
+ActionChooser = Callable[[dict, dict, np.ndarray], np.ndarray]  # (obs, info, expert action) -> executed
+
+
+def record_episodes(envs, expert, seeds: list[int], task: str, choose: ActionChooser,
+                    max_steps: int) -> list[dict[str, Any]]:
+    """Run one batch of episodes, executing ``choose(obs, info, expert_action)`` and recording the expert's
+    action as the label at every visited state, up to the first success (or ``max_steps``).
+
+    Per env: ``rgb``, ``proprio``, ``actions`` (expert labels), ``state`` (privileged) and ``success``.
+    """
     n = envs.num_envs
     obs, info = envs.reset(seed=seeds, options={"tasks": [task] * n})
     expert.reset()
@@ -51,19 +72,35 @@ def _rollout_batch(envs, expert, seeds: list[int], task: str, noise_std: float, 
     done = np.zeros(n, dtype=bool)
     for _ in range(max_steps):
         action = expert.act(info)
-        executed = action.copy()
-        executed[:, :3] += rng.normal(0.0, noise_std, size=(n, 3)).astype(np.float32)
+        state = privileged_state(info, n)
+        executed = np.asarray(choose(obs, info, action), dtype=np.float32)
+        images, proprio = np.asarray(to_numpy(obs["image"])), np.asarray(to_numpy(obs["proprio"]))
         for i in np.flatnonzero(~done):
-            steps[i].append((obs["image"][i], obs["proprio"][i], action[i]))
+            steps[i].append((images[i], proprio[i], action[i], state[i]))
         obs, _, _, _, info = envs.step(np.clip(executed, -1.0, 1.0))
-        done |= np.asarray(info["success"], dtype=bool)
+        done |= np.asarray(to_numpy(info["success"]), dtype=bool).reshape(n)
         if done.all():
             break
     return [
         {"rgb": np.stack([s[0] for s in ep]), "proprio": np.stack([s[1] for s in ep]).astype(np.float32),
-         "actions": np.stack([s[2] for s in ep]).astype(np.float32)} if ok else None
+         "actions": np.stack([s[2] for s in ep]).astype(np.float32), "state": np.stack([s[3] for s in ep]),
+         "success": bool(ok)}
         for ep, ok in zip(steps, done)
     ]
+
+
+def write_episode(f: h5py.File, index: int, episode: dict[str, Any], task: str, seed: int) -> None:
+    """One episode group ``episode_{index:05d}`` in the layout of the module docstring."""
+    group = f.create_group(f"episode_{index:05d}")
+    group.create_dataset("rgb", data=episode["rgb"], compression="lzf", chunks=(1, *episode["rgb"].shape[1:]))
+    for key in ("actions", "proprio", "state"):
+        group.create_dataset(key, data=episode[key])
+    group.attrs.update(task=task, instruction=instruction(task), success=episode["success"], seed=seed)
+
+
+def to_numpy(value: Any) -> Any:
+    """A torch tensor (any device) as numpy; anything else unchanged."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
 def generate_demos(
@@ -112,26 +149,25 @@ def generate_demos(
                 bar.update(episodes_per_task)
                 continue
             rng = np.random.default_rng([seed, ALL_TASKS.index(task)])
+
+            def noisy(obs, info, action, rng=rng):
+                executed = action.copy()
+                executed[:, :3] += rng.normal(0.0, noise_std, size=(len(action), 3)).astype(np.float32)
+                return executed
+
             start, attempts, kept = time.perf_counter(), 0, 0
             tmp = path.with_suffix(".tmp")
             with h5py.File(tmp, "w") as f:
                 while kept < episodes_per_task and attempts < max_attempts:
                     seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + attempts + i
                              for i in range(num_workers)]
-                    for episode_seed, ep in zip(seeds, _rollout_batch(envs, expert, seeds, task, noise_std,
-                                                                      rng, max_steps)):
+                    for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, noisy, max_steps)):
                         if kept >= episodes_per_task:
                             break
                         attempts += 1
-                        if ep is None:
+                        if not ep["success"]:
                             continue
-                        group = f.create_group(f"episode_{kept:05d}")
-                        group.create_dataset("rgb", data=ep["rgb"], compression="lzf",
-                                             chunks=(1, *ep["rgb"].shape[1:]))
-                        group.create_dataset("actions", data=ep["actions"])
-                        group.create_dataset("proprio", data=ep["proprio"])
-                        group.attrs.update(task=task, instruction=instruction(task), success=True,
-                                           seed=episode_seed)
+                        write_episode(f, kept, ep, task, episode_seed)
                         kept += 1
                         bar.update(1)
                 seconds = time.perf_counter() - start
@@ -197,7 +233,8 @@ class DemoDataset:
     """Map-style dataset over every step of every episode in a demo directory (or one task file).
 
     Items are ``{"image": uint8 [H,W,3], "instruction": str, "action": float32 [7], "task": str,
-    "episode": str}`` (the episode's group name within its task file).
+    "episode": str}`` (the episode's group name within its task file), plus ``"state"`` float32
+    [STATE_DIM] where the file records privileged state.
     Files are opened lazily per process, so it works with ``torch.utils.data.DataLoader`` workers.
     """
 
@@ -223,7 +260,10 @@ class DemoDataset:
         group = self._h5[fi][name]
         task, text = self._meta[fi, name]
         action = group["actions"][t].astype(np.float32)
-        return {"image": group["rgb"][t], "instruction": text, "action": action, "task": task, "episode": name}
+        item = {"image": group["rgb"][t], "instruction": text, "action": action, "task": task, "episode": name}
+        if "state" in group:
+            item["state"] = group["state"][t]
+        return item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return (self[i] for i in range(len(self)))

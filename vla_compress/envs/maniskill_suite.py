@@ -166,6 +166,7 @@ class PutCubeOnPlateEnv(BaseEnv):
             tcp_pos=self.agent.tcp_pose.p,
             cube_pos=cube_p,
             plate_pos=plate_p,
+            gripper_width=self.agent.robot.get_qpos()[:, -2:].sum(dim=1),
         )
 
     def _get_obs_extra(self, info: dict):

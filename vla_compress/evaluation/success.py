@@ -54,6 +54,16 @@ class EvalResult:
         return asdict(self)
 
 
+def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% for the default ``z``); (0, 1) with no episodes."""
+    if episodes == 0:
+        return 0.0, 1.0
+    p = successes / episodes
+    centre = (p + z * z / (2 * episodes)) / (1 + z * z / episodes)
+    half = z * np.sqrt(p * (1 - p) / episodes + z * z / (4 * episodes**2)) / (1 + z * z / episodes)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 

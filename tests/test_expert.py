@@ -1,0 +1,122 @@
+"""The state-based scripted expert: correct labels from any state a learner can reach (DAgger's premise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_compress.data.expert import CARRY_Z, CLOSED, HOVER_Z, OPEN, PLACE_Z, ScriptedExpert, expert_target
+
+CUBE = np.array([-0.12, 0.15, 0.02])
+PLATE = np.array([0.05, -0.15, 0.005])
+OPEN_WIDTH, HELD_WIDTH = 0.08, 0.04
+
+
+def test_from_the_start_it_goes_above_the_cube_with_open_fingers():
+    target, gripper = expert_target(np.array([0.0, 0.0, 0.17]), CUBE, PLATE, OPEN_WIDTH, False)
+    np.testing.assert_allclose(target, [CUBE[0], CUBE[1], CUBE[2] + HOVER_Z])
+    assert gripper == OPEN
+
+
+def test_at_the_cube_it_closes_and_keeps_closing_while_the_fingers_move():
+    assert expert_target(CUBE + [0.002, 0, 0], CUBE, PLATE, OPEN_WIDTH, False)[1] == CLOSED
+    assert expert_target(CUBE + [0.01, 0, 0], CUBE, PLATE, 0.06, False)[1] == CLOSED  # half closed, cube nudged
+
+
+def test_a_missed_grasp_reopens_and_goes_back_above_the_cube():
+    target, gripper = expert_target(CUBE + [0.05, 0.0, 0.0], CUBE, PLATE, 0.0, False)  # closed on nothing
+    assert gripper == OPEN
+    np.testing.assert_allclose(target[:2], CUBE[:2])
+
+
+def test_aligned_but_closed_fingers_wait_before_descending():
+    tcp = CUBE + [0.0, 0.0, 0.05]
+    target, gripper = expert_target(tcp, CUBE, PLATE, 0.02, False)
+    assert gripper == OPEN and target[2] == pytest.approx(tcp[2])
+
+
+def test_the_wrong_cube_held_is_dropped_for_the_target():
+    tcp = np.array([0.05, 0.0, 0.12])  # fingers closed on the distractor, far from the target cube
+    target, gripper = expert_target(tcp, CUBE, PLATE, HELD_WIDTH, False)
+    assert gripper == OPEN
+    np.testing.assert_allclose(target[:2], CUBE[:2])
+
+
+def test_holding_the_cube_it_lifts_then_carries_then_releases_over_the_plate():
+    low = np.array([CUBE[0], CUBE[1], 0.03])
+    target, gripper = expert_target(low, low, PLATE, HELD_WIDTH, True)
+    np.testing.assert_allclose(target, [low[0], low[1], CARRY_Z])  # straight up first
+    assert gripper == CLOSED
+    high = np.array([CUBE[0], CUBE[1], CARRY_Z])
+    target, gripper = expert_target(high, high, PLATE, HELD_WIDTH, True)
+    np.testing.assert_allclose(target, [PLATE[0], PLATE[1], CARRY_Z])
+    assert gripper == CLOSED
+    over = np.array([PLATE[0], PLATE[1], PLACE_Z + 0.002])
+    assert expert_target(over, over, PLATE, HELD_WIDTH, True)[1] == OPEN
+
+
+def test_a_cube_on_the_wrong_plate_is_picked_up_again():
+    wrong_plate_cube = np.array([-0.12, -0.15, 0.03])  # resting on some other plate
+    target, gripper = expert_target(np.array([-0.12, -0.15, 0.12]), wrong_plate_cube, PLATE, OPEN_WIDTH, False)
+    assert gripper == OPEN and target[2] < 0.12  # aligned above it: descends to grasp
+
+
+def test_placed_cube_means_retreat():
+    cube = np.array([PLATE[0], PLATE[1], 0.03])
+    target, gripper = expert_target(cube + [0, 0, 0.01], cube, PLATE, OPEN_WIDTH, False)
+    assert gripper == OPEN and target[2] == pytest.approx(CARRY_Z)
+
+
+def test_batched_actions_follow_the_per_state_rule():
+    info = {"tcp_pos": np.stack([np.array([0.0, 0.0, 0.17]), CUBE]), "cube_pos": np.stack([CUBE, CUBE]),
+            "plate_pos": np.stack([PLATE, PLATE]), "gripper_width": np.array([OPEN_WIDTH, OPEN_WIDTH]),
+            "is_grasped": np.array([False, False])}
+    actions = ScriptedExpert(2).act(info)
+    assert actions.shape == (2, 7) and actions.dtype == np.float32
+    assert actions[0, 6] == OPEN and actions[1, 6] == CLOSED
+    assert np.all(np.abs(actions[:, :3]) <= 1.0) and np.all(actions[:, 3:6] == 0)
+
+
+def _run_until_success(env, expert, info, steps: int, perturb=None) -> bool:
+    for t in range(steps):
+        if perturb is not None:
+            perturb(t, info)
+        _, _, _, _, info = env.step(expert.act(info))
+        if bool(np.asarray(info["success"]).reshape(-1)[0]):
+            return True
+    return False
+
+
+@pytest.mark.sim
+def test_expert_recovers_in_the_simulator_from_perturbed_states():
+    """A dropped cube, a cube moved away mid-grasp and a cube start on the wrong plate: each still succeeds."""
+    import sapien
+
+    from vla_compress.envs import make_env
+
+    env = make_env(tasks=["red_cube_on_blue_plate"], num_envs=1)
+    base = env.envs[0].unwrapped
+    expert = ScriptedExpert(1)
+
+    def teleport_cube(x: float, y: float, z: float = 0.02) -> None:
+        base.cube.set_pose(sapien.Pose(p=[x, y, z]))
+        base.cube.set_linear_velocity(np.zeros(3))
+
+    def moved_mid_grasp(t, info):
+        if bool(np.asarray(info["is_grasped"]).reshape(-1)[0]) and not moved:
+            moved.append(t)
+            teleport_cube(0.05, 0.15 if float(info["cube_pos"].reshape(-1)[1]) < 0 else -0.15)
+
+    try:
+        for case in ("dropped", "wrong_plate"):
+            _, info = env.reset(seed=7, options={"tasks": ["red_cube_on_blue_plate"]})
+            if case == "wrong_plate":
+                p = base.distractor_plate.pose.p.reshape(-1).tolist()
+                teleport_cube(p[0], p[1], 0.031)
+            moved: list[int] = []
+            perturb = moved_mid_grasp if case == "dropped" else None
+            assert _run_until_success(env, expert, info, 150, perturb), case
+            if case == "dropped":
+                assert moved, "the expert never grasped the cube"
+    finally:
+        env.close()

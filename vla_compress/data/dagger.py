@@ -1,0 +1,107 @@
+"""DAgger data: roll out a learner in the ManiSkill suite and label every state it visits with the expert.
+
+The files have the layout of :mod:`vla_compress.data.demos` (one HDF5 file per task, read by
+:class:`~vla_compress.data.DemoDataset`), but keep failed episodes too: the states a learner reaches
+when it goes wrong are the point. Resumable: finished task files are kept and skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from vla_compress.data.demos import record_episodes, to_numpy, write_episode
+from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
+
+
+def collect_dagger(
+    policy,
+    out_dir: str | Path,
+    tasks: str | list[str] = "ind",
+    episodes_per_task: int = 10,
+    seed: int = 0,
+    num_workers: int = 2,
+    expert_mix: float = 0.0,
+    image_size: int = 128,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Roll out ``policy`` (``predict_action(images, instructions) -> [B, 7]``) ``episodes_per_task`` times
+    per task and write the visited states with the expert's actions to ``out_dir``.
+
+    ``expert_mix`` is DAgger's beta: the probability, per step and env, of executing the expert's action
+    instead of the learner's. Episode seeds are ``seed * 1_000_000 + task index * 10_000 + k``: keep
+    ``seed`` apart from the demonstrations' and the evaluation's. Returns (and writes to
+    ``summary.json``) the learner's success rate per task on these rollouts.
+    """
+    from vla_compress.data.expert import ScriptedExpert
+    from vla_compress.envs import make_env
+    from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
+
+    tasks = resolve_tasks(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if not 0.0 <= expert_mix <= 1.0:
+        raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
+    envs = make_env(tasks=tasks, num_envs=num_workers, image_size=image_size, max_episode_steps=max_steps)
+    expert = ScriptedExpert(num_workers)
+    summary: dict[str, Any] = {}
+    bar = tqdm(total=len(tasks) * episodes_per_task, desc="dagger", disable=not progress)
+    try:
+        for task in tasks:
+            path = out / f"{task}.hdf5"
+            if path.exists():
+                with h5py.File(path, "r") as f:
+                    summary[task] = {k: f.attrs[k].item() for k in ("episodes", "successes", "seconds")}
+                bar.update(episodes_per_task)
+                continue
+            rng = np.random.default_rng([seed, ALL_TASKS.index(task)])
+
+            def learner(obs, info, expert_action, rng=rng, task=task):
+                images = np.asarray(to_numpy(obs["image"]), dtype=np.uint8)
+                action = np.asarray(policy.predict_action(images, [instruction(task)] * len(images)),
+                                    dtype=np.float32)
+                use_expert = rng.random(len(action)) < expert_mix
+                return np.where(use_expert[:, None], expert_action, action)
+
+            start, kept, successes = time.perf_counter(), 0, 0
+            tmp = path.with_suffix(".tmp")
+            with h5py.File(tmp, "w") as f:
+                while kept < episodes_per_task:
+                    seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + kept + i for i in range(num_workers)]
+                    for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, learner, max_steps)):
+                        if kept >= episodes_per_task:
+                            break
+                        write_episode(f, kept, ep, task, episode_seed)
+                        kept += 1
+                        successes += ep["success"]
+                        bar.update(1)
+                seconds = time.perf_counter() - start
+                f.attrs.update(task=task, instruction=instruction(task), image_size=image_size, episodes=kept,
+                               successes=successes, seconds=seconds, expert_mix=expert_mix)
+            os.replace(tmp, path)
+            summary[task] = {"episodes": kept, "successes": successes, "seconds": seconds}
+            bar.set_postfix(learner_success=f"{successes / kept:.2f}")
+    finally:
+        bar.close()
+        envs.close()
+    episodes = sum(s["episodes"] for s in summary.values())
+    result = {"tasks": summary, "expert_mix": expert_mix,
+              "learner_success_rate": sum(s["successes"] for s in summary.values()) / max(episodes, 1),
+              "seconds": sum(s["seconds"] for s in summary.values())}
+    tmp = out / "summary.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return result
