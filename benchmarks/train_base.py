@@ -131,6 +131,20 @@ class TrainSet:
                 "aux": self.aux[rows]}
 
 
+class StageClock:
+    """Wall time of each stage, summed over resumed runs, in <output-dir>/stage_seconds.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=2))
+        os.replace(tmp, self.path)
+
+
 # ---- training --------------------------------------------------------------------------------------------
 AUX_DIM = STATE_DIM + 9  # aux_targets' columns
 
@@ -149,8 +163,10 @@ def smoothed_action_loss(action_logits: torch.Tensor, target_index: torch.Tensor
 
 
 def train_stage(model, aux_head: nn.Module, data: TrainSet, steps: int, lr: float, out: Path,
-                args: argparse.Namespace) -> dict:
-    """`steps` AdamW steps (warm-up + cosine) on `data`; resumes from `out`'s latest checkpoint."""
+                args: argparse.Namespace, clock: StageClock) -> dict:
+    """`steps` AdamW steps (warm-up + cosine) on `data`; resumes from `out`'s latest checkpoint.
+
+    The wall time is added to `clock` under `out.name` at every checkpoint, so interrupted runs count."""
     params = [*model.parameters(), *aux_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(args.warmup, steps // 10), steps, 0.1))
@@ -170,7 +186,7 @@ def train_stage(model, aux_head: nn.Module, data: TrainSet, steps: int, lr: floa
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("a")
     bar = tqdm(range(start, steps), desc=out.name, initial=start, total=steps)
-    began = time.perf_counter()
+    began = last_checkpoint = time.perf_counter()
     for step in bar:
         rng = np.random.default_rng([args.seed, step, len(data)])
         batch = data.batch(model, rng.integers(0, len(data), size=args.batch_size), rng)
@@ -198,26 +214,14 @@ def train_stage(model, aux_head: nn.Module, data: TrainSet, steps: int, lr: floa
             save_checkpoint(out, step + 1, model, {"aux_head": aux_head.state_dict(),
                                                    "optimizer": optimizer.state_dict(),
                                                    "scheduler": scheduler.state_dict()})
+            clock.record(out.name, time.perf_counter() - last_checkpoint)
+            last_checkpoint = time.perf_counter()
     log.close()
     model.eval()
     return {"steps": steps, "resumed_from": start, "seconds": time.perf_counter() - began}
 
 
 # ---- recipe ----------------------------------------------------------------------------------------------
-class StageClock:
-    """Wall time of each stage, summed over resumed runs, in <output-dir>/stage_seconds.json."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.seconds = json.loads(path.read_text()) if path.exists() else {}
-
-    def record(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.seconds, indent=2))
-        os.replace(tmp, self.path)
-
-
 def success_summary(result: dict) -> dict:
     """IND / OOD success with episode counts and 95% Wilson intervals."""
     summary = {}
@@ -260,10 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dirs = [demos]
     data = TrainSet(data_dirs, model, norm_stats, None)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(data)} demo samples")
-    began = time.perf_counter()
-    report = {"train_0": train_stage(model, aux_head, data, args.steps, args.lr, out / "train_0", args)}
-    if "seconds" in report["train_0"]:  # trained in this run (a finished stage is only reloaded)
-        clock.record("train_0", time.perf_counter() - began)
+    report = {"train_0": train_stage(model, aux_head, data, args.steps, args.lr, out / "train_0", args, clock)}
 
     for r in range(1, args.dagger_rounds + 1):
         began = time.perf_counter()
@@ -276,12 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"DAgger round {r}: learner success {report[f'dagger_{r}']:.2f} on its rollouts")
         data_dirs.append(dagger)
         data = TrainSet(data_dirs, model, norm_stats, data.aux_stats)
-        began = time.perf_counter()
         report[f"train_{r}"] = train_stage(model, aux_head, data, args.dagger_steps, args.dagger_lr,
-                                           out / f"train_{r}", args)
+                                           out / f"train_{r}", args, clock)
         report[f"train_{r}"]["samples"] = len(data)
-        if "seconds" in report[f"train_{r}"]:
-            clock.record(f"train_{r}", time.perf_counter() - began)
 
     began = time.perf_counter()
     eval_path = out / "eval.json"
