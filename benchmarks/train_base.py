@@ -39,13 +39,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vla_compress.data import DemoDataset, collect_dagger, generate_demos
-from vla_compress.data.demos import STATE_DIM
+from vla_compress.data.demos import STATE_DIM, atomic_write_json
 from vla_compress.data.resident import shift_images
 from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD
 from vla_compress.evaluation import evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.modeling import build_model, load_vla, normalize_actions, preset_config
 from vla_compress.modeling.presets import SHIPPED_PRESETS
+from vla_compress.modeling.processing import resize_images
 from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_compress.recovery.sft import warmup_cosine
 
@@ -100,26 +101,38 @@ def aux_targets(state: np.ndarray) -> np.ndarray:
 
 class TrainSet:
     """Every sample of some demo / DAgger directories as tensors: frames resized once to the model's input
-    size (uint8), prompt + action tokens, standardised auxiliary targets."""
+    size (uint8), prompt + action tokens, standardised auxiliary targets (statistics of the first
+    directory added, then fixed)."""
 
-    def __init__(self, dirs: list[Path], model, norm_stats: dict, aux_stats: tuple[np.ndarray, np.ndarray] | None):
+    def __init__(self, model, norm_stats: dict):
+        self.model, self.norm_stats = model, norm_stats
+        self.images = self.input_ids = self.attention_mask = self.aux = None
+        self.aux_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, directory: Path) -> int:
+        """Append every sample of `directory`; returns how many."""
         images, instructions, actions, states = [], [], [], []
-        for directory in dirs:
-            for sample in DemoDataset(directory):
-                images.append(sample["image"])
-                instructions.append(sample["instruction"])
-                actions.append(sample["action"])
-                states.append(sample["state"])
-        size = model.processor.image_sizes[0]
+        for sample in DemoDataset(directory):
+            images.append(sample["image"])
+            instructions.append(sample["instruction"])
+            actions.append(sample["action"])
+            states.append(sample["state"])
+        size = self.model.processor.image_sizes[0]
         frames = torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).float()
-        frames = torch.cat([F.interpolate(chunk, size=(size, size), mode="bicubic", antialias=True,
-                                          align_corners=False) for chunk in frames.split(2048)])
-        self.images = frames.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        tokens = model.processor.tokenize(instructions, normalize_actions(np.stack(actions), norm_stats))
-        self.input_ids, self.attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        frames = torch.cat([resize_images(chunk, size, 255.0) for chunk in frames.split(2048)])
+        frames = frames.round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        tokens = self.model.processor.tokenize(instructions, normalize_actions(np.stack(actions), self.norm_stats))
         aux = aux_targets(np.stack(states))
-        self.aux_stats = aux_stats or (aux.mean(0), aux.std(0) + 1e-3)
-        self.aux = torch.as_tensor((aux - self.aux_stats[0]) / self.aux_stats[1])
+        if self.aux_stats is None:
+            self.aux_stats = (aux.mean(0), aux.std(0) + 1e-3)
+        aux = torch.as_tensor((aux - self.aux_stats[0]) / self.aux_stats[1])
+        if self.images is not None:  # prompts of one suite share a length, so the token columns line up
+            frames = torch.cat([self.images, frames])
+            tokens = {k: torch.cat([getattr(self, k), tokens[k]]) for k in ("input_ids", "attention_mask")}
+            aux = torch.cat([self.aux, aux])
+        self.images, self.aux = frames, aux
+        self.input_ids, self.attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        return len(images)
 
     def __len__(self) -> int:
         return len(self.aux)
@@ -140,9 +153,7 @@ class StageClock:
 
     def record(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.seconds, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.seconds)
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -261,9 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(preset_config(args.preset, norm_stats=norm_stats), seed=args.seed)
     torch.manual_seed(args.seed)
     aux_head = make_aux_head(model.config.text_config.hidden_size)
-    data_dirs = [demos]
-    data = TrainSet(data_dirs, model, norm_stats, None)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(data)} demo samples")
+    data = TrainSet(model, norm_stats)
+    demo_samples = data.add(demos)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {demo_samples} demo samples")
     report = {"train_0": train_stage(model, aux_head, data, args.steps, args.lr, out / "train_0", args, clock)}
 
     for r in range(1, args.dagger_rounds + 1):
@@ -275,8 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             clock.record(f"dagger_{r}", time.perf_counter() - began)
         report[f"dagger_{r}"] = json.loads((dagger / "summary.json").read_text())["learner_success_rate"]
         print(f"DAgger round {r}: learner success {report[f'dagger_{r}']:.2f} on its rollouts")
-        data_dirs.append(dagger)
-        data = TrainSet(data_dirs, model, norm_stats, data.aux_stats)
+        data.add(dagger)
         report[f"train_{r}"] = train_stage(model, aux_head, data, args.dagger_steps, args.dagger_lr,
                                            out / f"train_{r}", args, clock)
         report[f"train_{r}"]["samples"] = len(data)
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         "preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()),
         "lm_parameters": sum(p.numel() for p in model.language_model.parameters()),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "training": report, "demo_samples": len(DemoDataset(demos)),
+        "training": report, "demo_samples": demo_samples,
         "seeds": {"demos": DEMO_SEED, "dagger": [DAGGER_SEED + r for r in range(1, args.dagger_rounds + 1)],
                   "evaluation": EVAL_SEED},
         "stage_seconds": clock.seconds, "total_hours": sum(clock.seconds.values()) / 3600,

@@ -7,17 +7,13 @@ when it goes wrong are the point. Resumable: finished task files are kept and sk
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from vla_compress.data.demos import record_episodes, to_numpy, write_episode
+from vla_compress.data.demos import atomic_write_json, record_task_file, to_numpy
 from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
 
 
@@ -61,12 +57,6 @@ def collect_dagger(
     bar = tqdm(total=len(tasks) * episodes_per_task, desc="dagger", disable=not progress)
     try:
         for task in tasks:
-            path = out / f"{task}.hdf5"
-            if path.exists():
-                with h5py.File(path, "r") as f:
-                    summary[task] = {k: f.attrs[k].item() for k in ("episodes", "successes", "seconds")}
-                bar.update(episodes_per_task)
-                continue
             rng = np.random.default_rng([seed, ALL_TASKS.index(task)])
 
             def learner(obs, info, expert_action, rng=rng, task=task):
@@ -76,24 +66,12 @@ def collect_dagger(
                 use_expert = rng.random(len(action)) < expert_mix
                 return np.where(use_expert[:, None], expert_action, action)
 
-            start, kept, successes = time.perf_counter(), 0, 0
-            tmp = path.with_suffix(".tmp")
-            with h5py.File(tmp, "w") as f:
-                while kept < episodes_per_task:
-                    seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + kept + i for i in range(num_workers)]
-                    for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, learner, max_steps)):
-                        if kept >= episodes_per_task:
-                            break
-                        write_episode(f, kept, ep, task, episode_seed)
-                        kept += 1
-                        successes += ep["success"]
-                        bar.update(1)
-                seconds = time.perf_counter() - start
-                f.attrs.update(task=task, instruction=instruction(task), image_size=image_size, episodes=kept,
-                               successes=successes, seconds=seconds, expert_mix=expert_mix)
-            os.replace(tmp, path)
-            summary[task] = {"episodes": kept, "successes": successes, "seconds": seconds}
-            bar.set_postfix(learner_success=f"{successes / kept:.2f}")
+            stats = record_task_file(out / f"{task}.hdf5", envs, expert, task, seed, learner, episodes_per_task,
+                                     max_steps, keep_failures=True, bar=bar, image_size=image_size,
+                                     expert_mix=expert_mix)
+            summary[task] = {"episodes": stats["attempts"], "successes": stats["successes"],
+                             "seconds": stats["seconds"]}
+            bar.set_postfix(learner_success=f"{stats['successes'] / stats['attempts']:.2f}")
     finally:
         bar.close()
         envs.close()
@@ -101,7 +79,5 @@ def collect_dagger(
     result = {"tasks": summary, "expert_mix": expert_mix,
               "learner_success_rate": sum(s["successes"] for s in summary.values()) / max(episodes, 1),
               "seconds": sum(s["seconds"] for s in summary.values())}
-    tmp = out / "summary.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_json(out / "summary.json", result)
     return result

@@ -49,7 +49,8 @@ def privileged_state(info: dict, num_envs: int) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to a temporary sibling, then rename it onto ``path``."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
@@ -67,7 +68,6 @@ def record_episodes(envs, expert, seeds: list[int], task: str, choose: ActionCho
     """
     n = envs.num_envs
     obs, info = envs.reset(seed=seeds, options={"tasks": [task] * n})
-    expert.reset()
     steps: list[list[tuple]] = [[] for _ in range(n)]
     done = np.zeros(n, dtype=bool)
     for _ in range(max_steps):
@@ -96,6 +96,42 @@ def write_episode(f: h5py.File, index: int, episode: dict[str, Any], task: str, 
     for key in ("actions", "proprio", "state"):
         group.create_dataset(key, data=episode[key])
     group.attrs.update(task=task, instruction=instruction(task), success=episode["success"], seed=seed)
+
+
+def record_task_file(path: Path, envs, expert, task: str, seed: int, choose: ActionChooser, episodes: int,
+                     max_steps: int, max_attempts: int | None = None, keep_failures: bool = False, bar=None,
+                     **attrs: Any) -> dict[str, Any]:
+    """One task file of ``episodes`` recorded episodes (successful ones only unless ``keep_failures``).
+
+    Episode seeds are ``seed * 1_000_000 + task index * 10_000 + attempt``. The file is written to a
+    ``.tmp`` sibling and renamed when complete; an existing ``path`` is read back instead (resume).
+    Returns attempts, successes and seconds, also stored as file attributes beside ``attrs``.
+    """
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            stats = {k: f.attrs[k].item() for k in ("attempts", "successes", "seconds")}
+        if bar is not None:
+            bar.update(episodes)
+        return stats
+    start, attempts, successes, kept = time.perf_counter(), 0, 0, 0
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        while kept < episodes and (max_attempts is None or attempts < max_attempts):
+            seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + attempts + i for i in range(envs.num_envs)]
+            for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, choose, max_steps)):
+                if kept >= episodes:
+                    break
+                attempts += 1
+                successes += ep["success"]
+                if ep["success"] or keep_failures:
+                    write_episode(f, kept, ep, task, episode_seed)
+                    kept += 1
+                    if bar is not None:
+                        bar.update(1)
+        stats = {"attempts": attempts, "successes": successes, "seconds": time.perf_counter() - start}
+        f.attrs.update(task=task, instruction=instruction(task), **stats, **attrs)
+    os.replace(tmp, path)
+    return stats
 
 
 def to_numpy(value: Any) -> Any:
@@ -142,12 +178,6 @@ def generate_demos(
     bar = tqdm(total=len(tasks) * episodes_per_task, desc="demos", disable=not progress)
     try:
         for task in tasks:
-            path = out / f"{task}.hdf5"
-            if path.exists():
-                with h5py.File(path, "r") as f:
-                    summary[task] = {k: f.attrs[k].item() for k in ("attempts", "successes", "seconds")}
-                bar.update(episodes_per_task)
-                continue
             rng = np.random.default_rng([seed, ALL_TASKS.index(task)])
 
             def noisy(obs, info, action, rng=rng):
@@ -155,27 +185,9 @@ def generate_demos(
                 executed[:, :3] += rng.normal(0.0, noise_std, size=(len(action), 3)).astype(np.float32)
                 return executed
 
-            start, attempts, kept = time.perf_counter(), 0, 0
-            tmp = path.with_suffix(".tmp")
-            with h5py.File(tmp, "w") as f:
-                while kept < episodes_per_task and attempts < max_attempts:
-                    seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + attempts + i
-                             for i in range(num_workers)]
-                    for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, noisy, max_steps)):
-                        if kept >= episodes_per_task:
-                            break
-                        attempts += 1
-                        if not ep["success"]:
-                            continue
-                        write_episode(f, kept, ep, task, episode_seed)
-                        kept += 1
-                        bar.update(1)
-                seconds = time.perf_counter() - start
-                f.attrs.update(task=task, instruction=instruction(task), image_size=image_size,
-                               attempts=attempts, successes=kept, seconds=seconds)
-            os.replace(tmp, path)
-            summary[task] = {"attempts": attempts, "successes": kept, "seconds": seconds}
-            bar.set_postfix(expert_success=f"{kept / attempts:.2f}")
+            summary[task] = record_task_file(out / f"{task}.hdf5", envs, expert, task, seed, noisy, episodes_per_task,
+                                             max_steps, max_attempts=max_attempts, bar=bar, image_size=image_size)
+            bar.set_postfix(expert_success=f"{summary[task]['successes'] / summary[task]['attempts']:.2f}")
     finally:
         bar.close()
         envs.close()
@@ -186,8 +198,8 @@ def generate_demos(
         "seconds": sum(s["seconds"] for s in summary.values()),
         "megabytes": sum(p.stat().st_size for p in out.glob("*.hdf5")) / 2**20,
     }
-    _atomic_write_json(out / "summary.json", result)
-    _atomic_write_json(out / "norm_stats.json", compute_norm_stats(out, dataset_name))
+    atomic_write_json(out / "summary.json", result)
+    atomic_write_json(out / "norm_stats.json", compute_norm_stats(out, dataset_name))
     return result
 
 

@@ -47,6 +47,15 @@ def _as_image_batch(images: np.ndarray | torch.Tensor | Sequence) -> torch.Tenso
     return tensor
 
 
+def resize_images(batch: torch.Tensor, size: int, max_value: float) -> torch.Tensor:
+    """Float `[B, C, H, W]` in [0, max_value] -> `[B, C, size, size]` (bicubic, antialiased, clamped); the
+    processor's resize, unchanged when already that size."""
+    if tuple(batch.shape[-2:]) == (size, size):
+        return batch
+    resized = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, max_value)
+
+
 class OpenVLAProcessor:
     """Image transforms for one or two vision backbones, the prompt, and action tokens."""
 
@@ -76,10 +85,7 @@ class OpenVLAProcessor:
 
         A torch tensor is transformed on its own device (a GPU-resident batch stays on the GPU)."""
         batch = _as_image_batch(images).permute(0, 3, 1, 2).float().div_(255.0)
-        size = self.image_sizes[0]
-        if tuple(batch.shape[-2:]) != (size, size):
-            batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-            batch = batch.clamp_(0.0, 1.0)
+        batch = resize_images(batch, self.image_sizes[0], 1.0)
         normalised = [
             (batch - torch.tensor(m, device=batch.device).view(1, 3, 1, 1))
             / torch.tensor(s, device=batch.device).view(1, 3, 1, 1)
