@@ -120,3 +120,25 @@ def test_expert_recovers_in_the_simulator_from_perturbed_states():
                 assert moved, "the expert never grasped the cube"
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("kwargs, name", [({"episodes_per_task": 0}, "episodes_per_task"),
+                                          ({"num_workers": 0}, "num_workers"), ({"expert_mix": 1.5}, "expert_mix"),
+                                          ({"tasks": ["no_such_task"]}, "task")])
+def test_collect_dagger_rejects_bad_input_before_any_work(tmp_path, kwargs, name):
+    from vla_compress.data import collect_dagger
+
+    with pytest.raises(ValueError, match=name):
+        collect_dagger(object(), tmp_path / "d", **kwargs)
+    assert not (tmp_path / "d").exists()
+
+
+def test_wilson_interval_matches_hand_values_and_rejects_bad_counts():
+    from vla_compress.evaluation.success import wilson_interval
+
+    assert wilson_interval(0, 64) == pytest.approx((0.0, 0.0566), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    for bad in ((3, 2), (-1, 5), (0, -1)):
+        with pytest.raises(ValueError, match="successes"):
+            wilson_interval(*bad)

@@ -56,6 +56,8 @@ class EvalResult:
 
 def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a success rate (95% for the default ``z``); (0, 1) with no episodes."""
+    if episodes < 0 or not 0 <= successes <= episodes:
+        raise ValueError(f"successes must be in [0, episodes] and episodes >= 0, got {successes} of {episodes}")
     if episodes == 0:
         return 0.0, 1.0
     p = successes / episodes
