@@ -35,6 +35,21 @@ def test_aligned_but_closed_fingers_wait_before_descending():
     assert gripper == OPEN and target[2] == pytest.approx(tcp[2])
 
 
+def test_a_little_off_in_xy_it_corrects_while_descending_instead_of_climbing_back():
+    tcp = CUBE + [0.015, 0.0, 0.08]  # 1.5 cm off, 8 cm above: inside the funnel over the cube
+    target, gripper = expert_target(tcp, CUBE, PLATE, OPEN_WIDTH, False)
+    assert gripper == OPEN and target[2] < tcp[2]
+    np.testing.assert_allclose(target[:2], CUBE[:2])
+    nearer, _ = expert_target(CUBE + [0.01, 0.0, 0.08], CUBE, PLATE, OPEN_WIDTH, False)
+    assert CUBE[2] < nearer[2] < target[2]  # the nearer in xy, the lower the target
+    held = np.array([PLATE[0] + 0.025, PLATE[1], 0.10])  # carrying, 2.5 cm off the plate centre
+    target, gripper = expert_target(held, held, PLATE, HELD_WIDTH, True)
+    assert gripper == CLOSED and PLACE_Z < target[2] < held[2]
+    np.testing.assert_allclose(target[:2], PLATE[:2])
+    low_off = np.array([PLATE[0] + 0.015, PLATE[1], PLACE_Z + 0.005])  # low and 1.5 cm off: release
+    assert expert_target(low_off, low_off, PLATE, HELD_WIDTH, True)[1] == OPEN
+
+
 def test_the_wrong_cube_held_is_dropped_for_the_target():
     tcp = np.array([0.05, 0.0, 0.12])  # fingers closed on the distractor, far from the target cube
     target, gripper = expert_target(tcp, CUBE, PLATE, HELD_WIDTH, False)
