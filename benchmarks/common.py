@@ -274,7 +274,7 @@ class Stages:
 
         def build():
             config = SFTConfig(data=self.demos(), steps=preset.sft_steps, batch_size=preset.sft_batch_size,
-                               lr=preset.sft_lr, warmup_steps=min(preset.sft_warmup, preset.sft_steps),
+                               learning_rate=preset.sft_lr, warmup_steps=min(preset.sft_warmup, preset.sft_steps),
                                output_dir=run_dir or self.out / "sft" / key, resume=True, seed=self.args.seed,
                                device=self.args.device, log_every=min(10, preset.sft_steps),
                                checkpoint_every=max(1, min(200, preset.sft_steps)), eval_every=preset.sft_steps)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from vla_compress.modeling import component_sizes, load_vla
+from vla_compress import load_vla
+from vla_compress.modeling import component_sizes
 from vla_compress.quantization import quantize
 
 METHODS = [("fp32", 0), ("bnb", 8), ("bnb", 4), ("gptq", 8), ("gptq", 4), ("quanto", 8), ("quanto", 4)]
@@ -66,8 +67,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     eval_images = rng.integers(0, 256, (16, 112, 112, 3), dtype=np.uint8)
     calib_images = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-    eval_texts, calibration = instructions(16, 0), [(calib_images, instructions(4, 2))]
+    eval_texts, calib_texts = instructions(16, 0), instructions(4, 2)
     dense = tiny_model()
+    # calibration samples carry the dense model's own greedy actions: what it decodes on them
+    calibration = [{"image": image, "instruction": text, "action": action} for image, text, action
+                   in zip(calib_images, calib_texts, dense.predict_action(calib_images, calib_texts))]
     with torch.no_grad():
         reference, reference_logits = action_bins_and_logits(dense, eval_images, eval_texts)
     fp16_bytes = component_sizes(dense)["language_model"].params * 2

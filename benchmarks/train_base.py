@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 
 from vla_compress.data import DemoDataset, collect_dagger, generate_demos
 from vla_compress.data.demos import STATE_DIM, atomic_write_json
-from vla_compress.data.resident import shift_images
 from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD
 from vla_compress.evaluation import evaluate
 from vla_compress.evaluation.success import wilson_interval
-from vla_compress.modeling import build_model, load_vla, normalize_actions, preset_config
+from vla_compress.loading import load_vla
+from vla_compress.modeling import build_model, normalize_actions, preset_config
 from vla_compress.modeling.presets import SHIPPED_PRESETS
-from vla_compress.modeling.processing import resize_images
+from vla_compress.modeling.processing import resize_images, shift_images
 from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_compress.recovery.sft import warmup_cosine
 

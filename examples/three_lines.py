@@ -76,12 +76,11 @@ def main() -> None:
             progress=False,
         ),
     )
-    calibration = [(np.stack([s["image"] for s in samples]), [s["instruction"] for s in samples])]
-    model = quantize(model, bits=args.bits, method=args.method, calibration=calibration)  # gptq uses it
+    model = quantize(model, bits=args.bits, method=args.method, calibration=samples)  # gptq uses it
     model.save_pretrained(args.output)
 
     reloaded = load_vla(args.output)
-    images, instructions = calibration[0][0][:2], calibration[0][1][:2]
+    images, instructions = np.stack([s["image"] for s in samples[:2]]), [s["instruction"] for s in samples[:2]]
     same = np.allclose(
         model.predict_action(images, instructions), reloaded.predict_action(images, instructions)
     )

@@ -9,7 +9,7 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch and torchvision are pinned as a pair in pyproject.toml (see docs/install.md).
-.venv/bin/python -m pip install --quiet -e ".[sim,libero,quant,prune,rl,dev]"
+.venv/bin/python -m pip install --quiet -e ".[sim,libero,quant,rl,dev]"
 .venv/bin/python - <<'PY'
 import torch, torchvision, timm, numpy
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}")

@@ -15,7 +15,7 @@ from vla_compress import load_vla
 from vla_compress.cli import app
 
 runner = CliRunner()
-COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos"]
+COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos", "rlrc"]
 
 
 def write_demos(path: Path, episodes: int = 2, steps: int = 3, image_size: int = 32) -> Path:
@@ -208,6 +208,12 @@ def test_recover_runs_a_short_sft(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert load_vla(out).config.norm_stats and (out / "runs" / "sft").is_dir()
+    weights = (out / "model.safetensors").read_bytes()
+    # the same command on another model must not resume (and return) the first run
+    result = runner.invoke(app, [args[0], "tiny-maniskill", *args[2:]])
+    assert result.exit_code == 2, result.output
+    assert "holds checkpoints of a different run; differing: the starting model" in result.output
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_recover_rejects_unknown_yaml_keys(tmp_path, monkeypatch):

@@ -50,6 +50,13 @@ CASES = {
     "recover empty dataset": (lambda m: recover(m, sft=SFTConfig(data=[])), ValueError, "empty"),
     "recover negative steps": (lambda m: recover(m, sft=SFTConfig(data=[sample()], steps=-1)), ValueError,
                                "steps"),
+    "recover infinite lr": (lambda m: recover(m, sft=SFTConfig(data=[sample()], learning_rate=float("inf"))),
+                            ValueError, "SFTConfig.learning_rate"),
+    "recover fractional steps": (lambda m: recover(m, sft=SFTConfig(data=[sample()], steps=2.5)), ValueError,
+                                 "SFTConfig.steps"),
+    "recover ppo nan max_grad_norm": (
+        lambda m: recover(m, rl=PPOConfig(max_grad_norm=float("nan"), output_dir="/tmp/x")), ValueError,
+        "max_grad_norm"),
     "recover ppo batch larger than buffer": (
         lambda m: recover(m, rl=PPOConfig(num_envs=2, episode_steps=4, minibatch_size=64)), ValueError,
         "minibatch_size"),

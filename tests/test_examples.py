@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,9 +18,33 @@ def run_example(name: str, args: list[str], monkeypatch) -> None:
     runpy.run_path(str(EXAMPLES / name), run_name="__main__")
 
 
-def test_quickstart_synthetic(monkeypatch, capsys):
-    run_example("quickstart.py", ["--preset", "tiny", "--synthetic"], monkeypatch)
-    assert "pruned 50%" in capsys.readouterr().out
+def test_quickstart_is_the_readme_command(monkeypatch, capsys):
+    """quickstart.py runs the pipeline the README's first command runs, with the same settings."""
+    from typer.testing import CliRunner
+
+    import vla_compress.pipeline
+    from vla_compress.cli import app
+
+    calls = []
+
+    class Report:
+        stages = [SimpleNamespace(path="rlrc-tiny/4bit")]
+
+        def markdown(self) -> str:
+            return "| stage | IND success % |"
+
+    def fake_run_rlrc(model, config, output_dir):
+        calls.append((model, config, str(output_dir)))
+        return Report()
+
+    monkeypatch.setattr(vla_compress.pipeline, "run_rlrc", fake_run_rlrc)
+    run_example("quickstart.py", [], monkeypatch)
+    assert "| stage | IND success %" in capsys.readouterr().out
+    first_block = (EXAMPLES.parent / "README.md").read_text().split("```bash")[1].split("```")[0]
+    command = re.search(r"vla-compress (rlrc .+)", first_block).group(1).split()
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2 and calls[0] == calls[1], calls
 
 
 def test_three_lines(tmp_path, monkeypatch, capsys):
@@ -37,7 +63,7 @@ def test_three_lines(tmp_path, monkeypatch, capsys):
 def test_openvla_7b_dry_run(monkeypatch, capsys):
     run_example("openvla_7b_gpu.py", ["--dry-run"], monkeypatch)
     printed = capsys.readouterr().out
-    assert "7,541,237,184 -> 2,127,5" in printed and "600,000 env steps" in printed
+    assert "7,541,237,184 -> 2,127,144,384" in printed and "600,000 env steps" in printed
 
 
 @pytest.mark.sim

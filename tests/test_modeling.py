@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -168,6 +169,23 @@ def test_load_vla_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         preset_config("giant")
     assert "openvla-7b" in PRESETS
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_load_vla_truncated_checkpoint_file_raises_value_error(tmp_path, quantized):
+    """Each file of a dense or quantized checkpoint cut in half: a ValueError naming the directory."""
+    from vla_compress.quantization import quantize
+
+    model = load_vla("tiny")
+    good = tmp_path / "good"
+    (quantize(model, 8, "bnb") if quantized else model).save_pretrained(good)
+    for path in sorted(good.iterdir()):
+        broken = tmp_path / f"broken_{path.name}"
+        shutil.copytree(good, broken)
+        data = (broken / path.name).read_bytes()
+        (broken / path.name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match=r"name_or_path=.*broken_.*(missing or corrupted|not valid JSON)"):
+            load_vla(broken)
 
 
 def test_load_vla_dtype_and_device():

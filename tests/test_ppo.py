@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_compress.modeling import load_vla
+from vla_compress import load_vla
 from vla_compress.recovery.checkpoint import latest_checkpoint
 from vla_compress.recovery.metrics import read_metrics
 from vla_compress.recovery.ppo import PPOConfig, compute_gae, group_advantages, ppo_losses, train_ppo
@@ -186,6 +186,13 @@ def test_group_mode_resets_each_group_from_one_seed(tmp_path):
     ({"sim_backend": "mujoco"}, "sim_backend must be one of"),
     ({"env_factory": None, "advantage": "group", "group_size": 2, "sim_backend": "physx_cuda"},
      "per-env reset seeds"),
+    ({"learning_rate": float("inf")}, r"learning_rate must be a finite number > 0, got inf"),
+    ({"critic_learning_rate": float("nan")}, r"critic_learning_rate must be a finite number > 0, got nan"),
+    ({"max_grad_norm": float("nan")}, r"max_grad_norm must be a number > 0, got nan"),
+    ({"max_grad_norm": -1.0}, r"max_grad_norm must be a number > 0, got -1.0"),
+    ({"total_env_steps": 8.5}, r"total_env_steps must be an int >= 1, got 8.5"),
+    ({"num_envs": True}, r"num_envs must be an int >= 1, got True"),
+    ({"checkpoint_every": 1.5}, r"checkpoint_every must be an int >= 0"),
 ])
 def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -237,6 +244,15 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert key in rows[-1]
     with pytest.raises(ValueError, match="resume=True"):  # an existing run is never overwritten silently
         tiny_config(tmp_path, "resumed", updates=2).validate()
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train_ppo(load_vla("tiny"), tiny_config(tmp_path))
+    with pytest.raises(ValueError, match=r"different run; differing: the starting model .*new output_dir"):
+        train_ppo(load_vla("tiny", seed=1), tiny_config(tmp_path, resume=True))
+    with pytest.raises(ValueError, match=r"differing: learning_rate \(0.0001 in the checkpoint, 0.001 now\)"):
+        train_ppo(load_vla("tiny"), tiny_config(tmp_path, resume=True, learning_rate=1e-3))
+    assert FakeTaskEnv.resets == 2  # only the first run's episode: the refusals came before any rollout
 
 
 def test_rollout_without_reward_trains_the_critic_only(tmp_path):
@@ -350,3 +366,50 @@ def test_ppo_on_maniskill(tmp_path):
             "charts/SPS"} <= rows[0].keys()
     assert 0.0 <= rows[0]["charts/success_rate"] <= 1.0
     assert (latest_checkpoint(tmp_path / "sim") / VALUE_HEAD_FILE).exists()
+
+
+class AutoResettingEnv:
+    """ManiSkillVectorEnv's convention (physx_cuda): at the time limit it resets at once and returns the
+    next episode's first frame, keeping the true last frame and info in `final_observation` / `final_info`."""
+
+    num_envs, episode_steps = 2, 3
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return {"image": np.full((2, 4, 4, 3), 10, np.uint8)}, self._info(False)
+
+    def _info(self, success: bool) -> dict:
+        return {"instruction": np.array(["put the red cube on the blue plate"] * 2), "success": np.array([success] * 2)}
+
+    def step(self, actions):
+        self.t += 1
+        obs, info = {"image": np.full((2, 4, 4, 3), 10 * (self.t + 1), np.uint8)}, self._info(self.t == 3)
+        truncated = np.array([self.t >= self.episode_steps] * 2)
+        if truncated.all():
+            final_obs, final_info = obs, info
+            obs, info = self.reset()
+            info.update(final_observation=final_obs, final_info=final_info)
+        return obs, np.zeros(2, np.float32), np.zeros(2, bool), truncated, info
+
+    def close(self):
+        pass
+
+
+def test_time_limit_bootstrap_reads_the_final_observation_of_an_auto_resetting_env(monkeypatch):
+    """V(final frame), not V(the next episode's first frame): values here are the frame's pixel value."""
+    from vla_compress.recovery import ppo
+    from vla_compress.recovery.rollout import RolloutBuffer
+
+    def act(model, value_head, images, instructions, temperature, generator, device):
+        n = len(images)
+        return {"action_indices": torch.zeros(n, 7, dtype=torch.long), "log_probs": torch.zeros(n),
+                "values": torch.as_tensor(images.reshape(n, -1)[:, 0], dtype=torch.float32)}
+
+    monkeypatch.setattr(ppo, "act", act)
+    monkeypatch.setattr(ppo, "env_actions", lambda model, indices, key: np.zeros((len(indices), 7), np.float32))
+    config = PPOConfig(env_factory=lambda seed: AutoResettingEnv(), num_envs=2, episode_steps=3, gamma=0.5)
+    buffer = RolloutBuffer.allocate(3, 2, (4, 4, 3))
+    runner = ppo.EnvRunner(config.env_factory, 0)
+    stats = ppo.run_episode(runner, None, None, buffer, 0, config, None, 0, torch.device("cpu"))
+    assert buffer.rewards[2].tolist() == [0.5 * 40, 0.5 * 40]  # the final frame is 40; the reset frame is 10
+    assert stats["success_at_end"].all()  # from final_info, not from the new episode's first info

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from vla_compress.modeling import build_model, load_vla, preset_config
+from vla_compress import load_vla
+from vla_compress.calibration import calibration_batches
+from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.widths import decoder_layers
 from vla_compress.pruning import prune
-from vla_compress.pruning.calibration import calibration_batches
 from vla_compress.pruning.importance import ATTENTION, TaylorImportance, layer_groups
 
 HIDDEN, HEADS, HEAD_DIM, MLP, LAYERS = 256, 8, 32, 704, 6
@@ -50,7 +50,9 @@ def test_block_parameter_counts_match_the_ratio(model, ratio):
     first, last = _layer_state(model, 0), _layer_state(model, LAYERS - 1)
     before = sum(p.numel() for p in model.parameters())
     prune(model, ratio, importance="l1")
-    heads_removed, channels_removed = math.floor(ratio * HEADS), math.floor(ratio * MLP)
+    # LLM-Pruner keeps int(channels * (1 - ratio)) channels and removes whole heads
+    heads_removed = (HEADS * HEAD_DIM - int(HEADS * HEAD_DIM * (1 - ratio))) // HEAD_DIM
+    channels_removed = MLP - int(MLP * (1 - ratio))
     per_layer = heads_removed * 4 * HIDDEN * HEAD_DIM + channels_removed * 3 * HIDDEN
     report = model.prune_report
     assert report.params_before == before and report.params_before - report.params_after == (LAYERS - 2) * per_layer
@@ -192,3 +194,73 @@ def test_bad_arguments_raise_before_any_work(dense, kwargs, argument):
     assert (dense.config.llm_layer_widths or []) == widths
     assert sum(p.numel() for p in dense.parameters()) == dense.num_parameters()
     assert decoder_layers(dense.language_model)[1].self_attn.q_proj.out_features == HEADS * HEAD_DIM
+
+
+def _reference_taylor(model, samples, layer: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLM-Pruner's formulas written out per head / channel, from per-sample gradients (autograd.grad)."""
+    attn, mlp = decoder_layers(model.language_model)[layer].self_attn, decoder_layers(model.language_model)[layer].mlp
+    weights = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
+               mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+    model.eval()
+    grads = []
+    for sample in samples:
+        batch = next(calibration_batches(model, [sample], batch_size=1))
+        grads.append(torch.autograd.grad(model.action_loss(**batch), weights))
+    first = [torch.stack([g[i] for g in grads]).mean(0) for i in range(len(weights))]
+    second = [torch.stack([g[i] ** 2 for g in grads]).mean(0) for i in range(len(weights))]
+    salience = []
+    for w, g, f in zip(weights, first, second):
+        w = w.detach()
+        salience.append({"param_first": w * g, "param_second": w * f * w,
+                         "param_mix": w * g - 0.5 * w * f * w, "vectorize": w * g}[mode])
+
+    def channel(s: torch.Tensor, index: int, axis: int) -> torch.Tensor:
+        values = s[index] if axis == 0 else s[:, index]
+        return values.sum().abs() if mode == "vectorize" else values.abs().sum()
+
+    heads = torch.tensor([sum(channel(s, c, axis) for s, axis in zip(salience[:4], (0, 0, 0, 1))
+                              for c in range(h * HEAD_DIM, (h + 1) * HEAD_DIM)) for h in range(HEADS)])
+    channels = torch.tensor([sum(channel(s, c, axis) for s, axis in zip(salience[4:], (0, 0, 1)))
+                             for c in range(MLP)])
+    return heads, channels
+
+
+@pytest.mark.parametrize("mode", ["param_mix", "param_first", "param_second", "vectorize"])
+def test_taylor_modes_match_llm_pruner_formulas(model, calibration, mode):
+    heads, channels = _reference_taylor(model, calibration, 2, mode)
+    groups = layer_groups(model, [2])
+    taylor = TaylorImportance(model, groups, calibration_batches(model, calibration, batch_size=2), mode)
+    torch.testing.assert_close(taylor(groups[0]), heads.float(), rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(taylor(groups[1]), channels.float(), rtol=1e-4, atol=1e-9)
+
+
+def test_importance_taylor_is_param_mix_and_modes_have_names(model, calibration):
+    by_default = prune(copy.deepcopy(model), 0.5, calibration=calibration, layers=[2]).config.llm_layer_widths
+    named = prune(model, 0.5, importance="taylor_param_mix", calibration=calibration, layers=[2])
+    assert named.config.llm_layer_widths == by_default
+    with pytest.raises(ValueError, match="taylor_vectorize"):
+        prune(model, 0.5, importance="taylor_bogus", calibration=calibration)
+
+
+def test_kept_widths_round_as_llm_pruner():
+    from vla_compress.pruning.structured import kept_units
+
+    assert kept_units(11008, 0.9, 1) == 1100  # int(11008 * 0.1) on Llama-2-7B
+    assert kept_units(32, 0.9, 1, unit_size=128) == 4  # 4096 channels, heads of 128
+    assert kept_units(704, 0.5, 1) == 352 and kept_units(8, 0.125, 1, unit_size=32) == 7
+
+
+def test_typed_configs_equal_the_shorthand(model, calibration):
+    from vla_compress import BlockPruning, MagnitudePruning
+
+    shorthand = prune(copy.deepcopy(model), 0.5, importance="l2", layers=[1, 2])
+    typed = prune(copy.deepcopy(model), BlockPruning(ratio=0.5, importance="l2", layers=[1, 2]))
+    assert typed.config.llm_layer_widths == shorthand.config.llm_layer_widths
+    for a, b in zip(typed.state_dict().values(), shorthand.state_dict().values()):
+        assert torch.equal(a, b)
+    assert prune(copy.deepcopy(model), MagnitudePruning(ratio=0.3)).prune_report.method == "magnitude"
+    assert prune(copy.deepcopy(model), ratio=0.5, importance="l1").prune_report.ratio == 0.5
+    with pytest.raises(ValueError, match="pass only calibration"):
+        prune(model, BlockPruning(ratio=0.5), importance="l1")
+    with pytest.raises(ValueError, match="not both"):
+        prune(model, BlockPruning(ratio=0.5), ratio=0.5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from vla_compress.modeling import component_sizes, load_vla
+from vla_compress import load_vla
+from vla_compress.modeling import component_sizes
 from vla_compress.modeling.widths import LayerWidth, resize_decoder_layer
 from vla_compress.quantization import METHODS, GPTQConfig, GPTQLinear, quantize
 from vla_compress.quantization.gptq import gptq_quantize_weight
@@ -56,6 +57,12 @@ def actions_and_logits(model: nn.Module, images: np.ndarray, teacher: torch.Tens
     return indices, model.action_forward(**forced).action_logits
 
 
+def self_labelled(model: nn.Module, images: np.ndarray) -> list[dict]:
+    """Calibration samples whose actions are the model's own greedy ones (what it decodes)."""
+    actions = model.predict_action(images, INSTRUCTIONS)
+    return [{"image": i, "instruction": t, "action": a} for i, t, a in zip(images, INSTRUCTIONS, actions)]
+
+
 def quantized_ratio(dense: nn.Module, model: nn.Module) -> float:
     """Bytes of the quantized linears (scales included) over their fp16 bytes."""
     names = model.config.quantization["modules"]
@@ -72,7 +79,7 @@ CASES = [("bnb", 8, (0.45, 0.56)), ("bnb", 4, (0.2, 0.3)), ("quanto", 8, (0.45, 
 def test_quantize_bytes_agreement_and_round_trip(method, bits, ratio_range, images, tmp_path):
     dense = tiny()
     ref_actions, ref_logits = actions_and_logits(dense, images)
-    model = quantize(tiny(), bits, method, calibration=[(images, INSTRUCTIONS)])
+    model = quantize(tiny(), bits, method, calibration=self_labelled(dense, images))
     quantized_size = component_sizes(model)["language_model"]  # before any forward (bnb repacks on CPU)
     low, high = ratio_range
     assert low <= quantized_ratio(dense, model) <= high
@@ -96,7 +103,8 @@ def test_quantize_bytes_agreement_and_round_trip(method, bits, ratio_range, imag
 
 @pytest.mark.parametrize(("method", "bits"), [("gptq", 4), ("bnb", 4), ("quanto", 4)])
 def test_pruned_odd_widths(method, bits, images, tmp_path):
-    model = quantize(tiny(pruned=True), bits, method, calibration=[(images, INSTRUCTIONS)], group_size=128) \
+    model = quantize(tiny(pruned=True), bits, method, calibration=self_labelled(tiny(pruned=True), images),
+                     group_size=128) \
         if method == "gptq" else quantize(tiny(pruned=True), bits, method)
     down = model.language_model.model.layers[1].mlp.down_proj
     assert type(down) is not nn.Linear
@@ -165,3 +173,39 @@ def test_bad_input_raises(monkeypatch):
     quantize(model, 8, "bnb")
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, 4, "bnb")
+
+
+def test_typed_configs_equal_the_shorthand(images):
+    from vla_compress import BnbConfig, QuantoConfig
+
+    typed = quantize(tiny(), BnbConfig(bits=4, quant_type="fp4"))
+    shorthand = quantize(tiny(), bits=4, method="bnb", quant_type="fp4")
+    assert typed.config.quantization == shorthand.config.quantization
+    np.testing.assert_array_equal(typed.predict_action(images, INSTRUCTIONS),
+                                  shorthand.predict_action(images, INSTRUCTIONS))
+    assert quantize(tiny(), QuantoConfig(bits=8)).config.quantization["method"] == "quanto"
+    with pytest.raises(ValueError, match="neither method= nor options"):
+        quantize(tiny(), BnbConfig(bits=4), method="gptq")
+    with pytest.raises(ValueError, match="not both"):
+        quantize(tiny(), BnbConfig(bits=4), bits=4)
+    with pytest.raises(ValueError, match="BnbConfig"):
+        quantize(tiny(), "4bit")
+
+
+@pytest.mark.parametrize("method", ["bnb", "gptq"])
+def test_vision_projector_and_head_join_the_scope(method, images, tmp_path):
+    dense = tiny()
+    options = {"calibration": self_labelled(dense, images), "group_size": 32} if method == "gptq" else {}
+    model = quantize(tiny(), 4, method, include_lm_head=True, include_projector=True, include_vision=True, **options)
+    recorded = model.config.quantization
+    assert recorded["scope"] == "decoder_linears+lm_head+projector+vision"
+    assert type(model.projector.fc1) is not nn.Linear
+    assert not any(type(m) is nn.Linear for m in model.vision_backbone.modules())
+    sizes, dense_sizes = component_sizes(model), component_sizes(dense)
+    for part in ("vision_backbone", "projector", "lm_head"):
+        assert sizes[part].bytes < 0.4 * dense_sizes[part].bytes, part
+    actions = model.predict_action(images, INSTRUCTIONS)
+    model.save_pretrained(tmp_path)
+    reloaded = load_vla(tmp_path)
+    assert reloaded.config.quantization == recorded
+    np.testing.assert_array_equal(reloaded.predict_action(images, INSTRUCTIONS), actions)

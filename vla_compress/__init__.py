@@ -1,19 +1,20 @@
 """vla-compress: prune, recover and quantize vision-language-action policies such as OpenVLA."""
 
+from .loading import load_vla
 from .modeling import (
     ActionTokenizer,
     OpenVLAConfig,
     OpenVLAForActionPrediction,
     OpenVLAProcessor,
     component_sizes,
-    load_vla,
 )
-from .pruning import PruneReport, prune
-from .quantization import quantize
+from .pruning import BlockPruning, FlapPruning, MagnitudePruning, PruneReport, WandaPruning, prune
+from .quantization import BnbConfig, GPTQConfig, QuantoConfig, quantize
 from .recovery import PPOConfig, SFTConfig, recover
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig",
-    "PruneReport", "SFTConfig", "component_sizes", "load_vla", "prune", "quantize", "recover",
+    "ActionTokenizer", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "MagnitudePruning",
+    "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig", "PruneReport", "QuantoConfig",
+    "SFTConfig", "WandaPruning", "component_sizes", "load_vla", "prune", "quantize", "recover",
 ]

@@ -1,4 +1,5 @@
-"""The `vla-compress` command line: one command per API verb (info, prune, quantize, recover, evaluate, ...).
+"""The `vla-compress` command line: one command per API verb (info, prune, quantize, recover, evaluate, ...)
+and `rlrc`, the whole pipeline.
 
 Every command that changes a model loads it with `load_vla`, writes a `save_pretrained` directory
 to `--output` and prints where. Bad input (an unknown preset, a ratio out of range, unsupported
@@ -74,25 +75,11 @@ def parse_tasks(tasks: str) -> str | list[str]:
 def demo_samples(path: Path, count: int) -> list[dict[str, Any]]:
     """`count` samples spread evenly over a demo directory written by `vla-compress demos`."""
     from vla_compress.data import DemoDataset
+    from vla_compress.pipeline import spread_samples
 
     if count < 1:
         raise ValueError(f"calibration_samples={count} is invalid; allowed: a positive int")
-    dataset = DemoDataset(path)
-    step = max(1, len(dataset) // count)
-    return [dataset[i] for i in range(0, len(dataset), step)][:count]
-
-
-def image_batches(samples: list[dict[str, Any]], batch_size: int) -> list[tuple[Any, list[str]]]:
-    """Samples -> `(images uint8 [B, H, W, 3], instructions)` batches (GPTQ calibration)."""
-    import numpy as np
-
-    return [
-        (
-            np.stack([s["image"] for s in samples[i : i + batch_size]]),
-            [s["instruction"] for s in samples[i : i + batch_size]],
-        )
-        for i in range(0, len(samples), batch_size)
-    ]
+    return spread_samples(DemoDataset(path), count)
 
 
 def size_table(model) -> list[str]:
@@ -153,7 +140,9 @@ def prune(
         float, typer.Option(help="Fraction to remove, strictly between 0 and 1 (see docs/pruning.md).")
     ],
     importance: Annotated[
-        str | None, typer.Option(help="block method: taylor (default), l1, l2, random.")
+        str | None,
+        typer.Option(help="block method: taylor (default; LLM-Pruner's param_mix), taylor_vectorize, "
+                     "taylor_param_first, taylor_param_second, l1, l2, random."),
     ] = None,
     method: Annotated[str, typer.Option(help="block, flap, magnitude or wanda.")] = "block",
     calibration: Annotated[
@@ -221,9 +210,9 @@ def quantize(
     with user_errors():
         loaded = load_model(model, device, dtype)
         samples = demo_samples(calibration, calibration_samples) if calibration is not None else None
-        batches = image_batches(samples, batch_size) if samples is not None else None
+        options = {"batch_size": batch_size} if method == "gptq" else {}
         quantized = quantize_model(
-            loaded, bits, method=method, include_lm_head=include_lm_head, calibration=batches
+            loaded, bits, method=method, include_lm_head=include_lm_head, calibration=samples, **options
         )
     quantized.save_pretrained(output)
     typer.echo("\n".join(size_table(quantized)))
@@ -304,7 +293,7 @@ def recover(
         from vla_compress.recovery import recover as recover_model
 
         sft_flags = given(
-            data=sft_data, steps=sft_steps, batch_size=sft_batch_size, lr=sft_lr, lora_rank=lora_rank
+            data=sft_data, steps=sft_steps, batch_size=sft_batch_size, learning_rate=sft_lr, lora_rank=lora_rank
         )
         rl_flags = given(
             total_env_steps=rl_steps, num_envs=rl_num_envs, tasks=parse_tasks(rl_tasks) if rl_tasks else None
@@ -337,6 +326,76 @@ def recovery_configs(
     if rl_values:
         rl = build_config(PPOConfig, {"output_dir": runs / "ppo", "device": device, **rl_values}, "rl")
     return sft, rl
+
+
+@app.command()
+def rlrc(
+    model: ModelArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Directory for every stage, the table (rlrc.md, rlrc.json) and rlrc.png."
+        ),
+    ],
+    demos: Annotated[
+        Path | None,
+        typer.Option(help="Demo directory (from `vla-compress demos`); default: a few generated into OUTPUT/demos."),
+    ] = None,
+    ratio: Annotated[
+        float | None, typer.Option(help="Fraction pruned (block-wise, Taylor), strictly between 0 and 1 (default 0.9).")
+    ] = None,
+    sft_steps: Annotated[int | None, typer.Option(help="SFT steps after pruning (default 500).")] = None,
+    ppo_steps: Annotated[int | None, typer.Option(help="PPO env steps after SFT; 0 (default) skips PPO.")] = None,
+    bits: Annotated[int | None, typer.Option(help="4 or 8 (bitsandbytes), 16 = no quantization (default 4).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Evaluation episodes per task and stage (default 2).")] = None,
+    tasks: Annotated[str | None, typer.Option(help=f"Evaluation tasks (default all): {TASKS_HELP}")] = None,
+    tasks_per_split: Annotated[
+        int | None, typer.Option(help="Evaluate only the first N IND and the first N OOD tasks of --tasks.")
+    ] = None,
+    episode_steps: Annotated[int | None, typer.Option(help="Evaluation (and PPO) episode length (default 60).")] = None,
+    demo_episodes: Annotated[
+        int | None, typer.Option(help="Expert episodes per IND task when generating demos (default 2).")
+    ] = None,
+    num_envs: Annotated[int | None, typer.Option(help="Parallel simulator workers of the evaluations.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of demos, evaluation layouts and training.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML: RLRCConfig fields, plus `sft:` / `rl:` sections as for `recover --config`; flags override it."
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:1 (default cpu).")] = None,
+    dtype: DtypeOpt = None,
+) -> None:
+    """The whole method: evaluate the dense model, prune, SFT, optional PPO, quantize; measure every stage.
+
+    Every stage is saved (save_pretrained), evaluated on the ManiSkill3 suite (IND / OOD success with
+    Wilson intervals) and profiled; the table is printed and written to OUTPUT/rlrc.md and rlrc.json,
+    the plot to OUTPUT/rlrc.png. A rerun skips the stages already done.
+
+    \b
+    Example:
+        vla-compress rlrc tiny-maniskill -o rlrc-tiny --sft-steps 500 --episodes 1 --tasks-per-split 4
+        vla-compress rlrc openvla/openvla-7b -o rlrc-7b --demos demos --config rlrc.yaml --device cuda
+    \b
+    rlrc.yaml:
+        ratio: 0.9
+        episodes: 8
+        sft: {steps: 10000, batch_size: 32, learning_rate: 2.0e-4}
+        rl: {total_env_steps: 600000, num_envs: 64}
+    """
+    with user_errors():
+        from vla_compress.pipeline import config_from_yaml, run_rlrc
+
+        settings = config_from_yaml(
+            config, demos=demos, ratio=ratio, sft_steps=sft_steps, ppo_steps=ppo_steps, bits=bits,
+            episodes=episodes, tasks=parse_tasks(tasks) if tasks else None, tasks_per_split=tasks_per_split,
+            episode_steps=episode_steps, demo_episodes=demo_episodes, num_envs=num_envs, seed=seed,
+            device=device, dtype=dtype,
+        )
+        report = run_rlrc(model, settings, output)
+    typer.echo(report.markdown())
+    typer.echo(f"wrote {output / 'rlrc.md'}, rlrc.json and rlrc.png; the last stage's model: {report.stages[-1].path}")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from test_sft import small_model, synthetic_samples  # noqa: E402
 from vla_compress.recovery.sft import SFTConfig, train_sft  # noqa: E402
 
 torch.set_num_threads(1)
-model = train_sft(small_model(), SFTConfig(data=synthetic_samples(32, 0), steps=3, batch_size=4, lr=1e-3,
+model = train_sft(small_model(), SFTConfig(data=synthetic_samples(32, 0), steps=3, batch_size=4, learning_rate=1e-3,
                                            warmup_steps=1, progress=False, output_dir=sys.argv[1]))
 flat = torch.cat([p.detach().flatten() for p in model.parameters()])
 gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]

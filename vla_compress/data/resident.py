@@ -4,8 +4,8 @@
 fine for a 7B model, whose forward pass dwarfs it, but it starves a GPU training a tiny policy: the
 batch building, not the model, sets the pace. `ResidentDemos` tokenizes every sample once and keeps
 the uint8 frames on the device; each step indexes, shifts and resizes on the device. The batches equal
-`make_batch`'s (same normalisation, tokens and random shifts; rows padded to the longest prompt of the
-whole set rather than of the batch, which the mid-padded layout makes equivalent).
+`OpenVLAProcessor.batch`'s (same checks, normalisation, tokens and random shifts; rows padded to the
+longest prompt of the whole set rather than of the batch, which the mid-padded layout makes equivalent).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..modeling import normalize_actions
+from ..modeling.processing import shift_images
 
 
 class ResidentDemos:
@@ -28,13 +27,13 @@ class ResidentDemos:
         if len(samples) == 0:
             raise ValueError("samples is empty")
         self.samples, self.norm_stats, self.device = samples, norm_stats, torch.device(device)
-        actions = np.stack([np.asarray(s["action"], np.float32) for s in samples])
-        if norm_stats:
-            actions = normalize_actions(actions, norm_stats, unnorm_key)
-        tokens = processor.tokenize([s["instruction"] for s in samples], actions)
+        images, instructions, actions = processor.sample_arrays(samples, norm_stats, unnorm_key)
+        if actions is None:
+            raise ValueError("samples have no 'action'; training data needs the demonstrated actions")
+        tokens = processor.tokenize(instructions, actions)
         self.input_ids = tokens["input_ids"].to(self.device)
         self.attention_mask = tokens["attention_mask"].to(self.device)
-        self.images = torch.as_tensor(np.stack([np.asarray(s["image"]) for s in samples])).to(self.device)
+        self.images = images.to(self.device)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,21 +49,3 @@ class ResidentDemos:
             images = shift_images(images, rng)
         return {"pixel_values": model.processor.pixel_values(images), "input_ids": self.input_ids[rows],
                 "attention_mask": self.attention_mask[rows]}
-
-
-def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06) -> torch.Tensor:
-    """Shift each image of a uint8 `[B, H, W, 3]` tensor by up to `pad_fraction` of its size, on its device.
-
-    Edge (replicate) padding, then a random crop back to the input size; the offsets come from `rng`, so
-    SFT's host batches (`make_batch`) and `ResidentDemos` draw the same shifts for the same generator.
-    """
-    batch, height, width, _ = images.shape
-    pad = max(1, int(round(pad_fraction * height)))
-    # replicate-pad needs a float NCHW tensor; values stay integers, so the uint8 round trip is exact
-    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.as_tensor(rng.integers(0, 2 * pad + 1, size=(batch, 2)), device=images.device)
-    ys = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
-    xs = offsets[:, 1:] + torch.arange(width, device=images.device)  # [B, W]
-    b = torch.arange(batch, device=images.device)[:, None, None]
-    shifted = padded.permute(0, 2, 3, 1)[b, ys[:, :, None], xs[:, None, :]]
-    return shifted.to(torch.uint8)

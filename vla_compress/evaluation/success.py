@@ -112,6 +112,7 @@ def evaluate(
     unnorm_key: str | None = None,
     progress: bool = True,
     output: str | Path | None = None,
+    envs: Any | None = None,
 ) -> EvalResult:
     """Roll ``policy`` out on every task ``episodes_per_task`` times across ``num_envs`` parallel workers.
 
@@ -127,7 +128,10 @@ def evaluate(
       k); episodes last 220 (spatial) / 520 (libero_10) steps unless ``max_episode_steps`` is given;
       the gripper is in this package's convention (-1 closed / +1 open).
 
-    Writes JSON to ``output`` when given.
+    Writes JSON to ``output`` when given. ``envs``: an open vector env to run in, from ``make_env`` with this
+    suite, tasks, image size and ``max_episode_steps``; its worker count replaces ``num_envs`` and it is left
+    open, so one env serves several evaluations (building one renders its first frame, seconds on a CPU).
+    None: one is built and closed.
     """
     from vla_compress.envs import make_env
 
@@ -137,8 +141,12 @@ def evaluate(
     predict = getattr(policy, "predict_action", policy)
     if not callable(predict):
         raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
-    num_envs = min(num_envs, len(jobs))
-    envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps)
+    own_envs = envs is None
+    if own_envs:
+        num_envs = min(num_envs, len(jobs))
+        envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps)
+    else:
+        num_envs = envs.num_envs
     episodes: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), desc="evaluate", disable=not progress)
     try:
@@ -171,7 +179,8 @@ def evaluate(
                 bar.update(1)
     finally:
         bar.close()
-        envs.close()
+        if own_envs:
+            envs.close()
 
     rate = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
     result = EvalResult(

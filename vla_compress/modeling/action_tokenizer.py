@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+ACTION_DIM = 7  # xyz delta, rotation delta (3), gripper
+
 
 class ActionTokenizer:
     """Map continuous actions in [-1, 1] to action token ids and back."""

@@ -1,9 +1,15 @@
-"""`load_vla`: a preset name, a local OpenVLA directory, or a Hugging Face hub id -> model + processor."""
+"""Presets, dense and pruned checkpoints: a preset name, a local OpenVLA directory, or a hub id -> model.
+
+`load_from` resolves the name and hands checkpoint directories to a loader; `vla_compress.load_vla`
+(one level up, `vla_compress/loading.py`) passes the loader that also rebuilds quantized layers, so
+this package never imports `vla_compress.quantization` (arrows point down).
+"""
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,32 +73,38 @@ def _is_openvla_dir(path: Path) -> bool:
         raise ValueError(f"name_or_path={str(path)!r}: config.json is not valid JSON ({error})") from error
 
 
-def _load_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None) -> OpenVLAForActionPrediction:
-    register()
-    if not _is_openvla_dir(path):
-        raise ValueError(f"name_or_path={str(path)!r} has no config.json with model_type 'openvla'")
-    config = OpenVLAConfig.from_pretrained(path)
-    if config.quantization:
-        from ..quantization import load_quantized  # quantized checkpoints rebuild their layers first
+DirectoryLoader = Callable[[Path, OpenVLAConfig, "str | torch.device", "torch.dtype | None"],
+                           OpenVLAForActionPrediction]
 
-        return load_quantized(path, config, device=device, dtype=dtype)
-    try:
-        model = OpenVLAForActionPrediction.from_pretrained(path, config=config, dtype=dtype or "auto")
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"name_or_path={str(path)!r}: the weights are missing or corrupted ({error})") from error
+
+def load_dense(path: Path, config: OpenVLAConfig, device: str | torch.device,
+               dtype: torch.dtype | None) -> OpenVLAForActionPrediction:
+    """A dense or pruned (per-layer widths) checkpoint directory with its processor."""
+    if config.quantization:
+        raise ValueError(f"name_or_path={str(path)!r} is a quantized checkpoint; load it with vla_compress.load_vla")
+    model = OpenVLAForActionPrediction.from_pretrained(path, config=config, dtype=dtype or "auto")
     model.processor = OpenVLAProcessor.from_pretrained(path, config)
     return model.to(device).eval()
 
 
-def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-             seed: int = 0) -> OpenVLAForActionPrediction:
-    """Load an OpenVLA policy with its processor attached (`model.processor`).
+def _load_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None,
+              load_directory: DirectoryLoader) -> OpenVLAForActionPrediction:
+    register()
+    if not _is_openvla_dir(path):
+        raise ValueError(f"name_or_path={str(path)!r} has no config.json with model_type 'openvla'")
+    config = OpenVLAConfig.from_pretrained(path)
+    try:
+        return load_directory(path, config, device, dtype)
+    except FileNotFoundError:
+        raise  # a quantized directory without weights says so itself
+    except (OSError, SafetensorError, json.JSONDecodeError) as error:
+        raise ValueError(f"name_or_path={str(path)!r}: the weights or processor files are missing or corrupted "
+                         f"({error})") from error
 
-    `name_or_path`: a preset (`"tiny"`, `"openvla-7b"`: random weights; `"tiny-maniskill"`: the
-    shipped trained policy), a local directory in the OpenVLA Hugging Face format, or a hub id such
-    as `"openvla/openvla-7b"` (downloaded with huggingface_hub). `dtype` None keeps the stored one
-    (float32 for the shipped presets, which are stored in float16).
-    """
+
+def load_from(name_or_path: str | Path, device: str | torch.device, dtype: str | torch.dtype | None, seed: int,
+              load_directory: DirectoryLoader) -> OpenVLAForActionPrediction:
+    """`vla_compress.load_vla`'s name resolution; checkpoint directories are read by `load_directory`."""
     dtype = resolve_dtype(dtype)
     name = str(name_or_path)
     if name in SHIPPED_PRESETS:
@@ -100,7 +112,7 @@ def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype
         if path is None:
             raise ValueError(f"preset {name!r} has no trained weights in this install; "
                              "build it with `python benchmarks/train_base.py`")
-        return _load_dir(path, device, dtype or torch.float32)  # stored in fp16 to stay small
+        return _load_dir(path, device, dtype or torch.float32, load_directory)  # stored in fp16 to stay small
     if name in PRESETS:
         if name == "openvla-7b":
             warnings.warn("preset 'openvla-7b' has random weights; load 'openvla/openvla-7b' for the real policy",
@@ -110,11 +122,11 @@ def load_vla(name_or_path: str | Path, device: str | torch.device = "cpu", dtype
         return model.to(device=device, dtype=dtype).eval()
     path = Path(name).expanduser()
     if path.exists():
-        return _load_dir(path, device, dtype)
+        return _load_dir(path, device, dtype, load_directory)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
-        return _load_dir(Path(snapshot_download(name, allow_patterns=HUB_FILES)), device, dtype)
+        return _load_dir(Path(snapshot_download(name, allow_patterns=HUB_FILES)), device, dtype, load_directory)
     allowed = sorted([*PRESETS, *SHIPPED_PRESETS])
     raise ValueError(f"name_or_path={name!r} is neither a preset ({allowed}), an existing directory, "
                      "nor a hub id of the form 'owner/name'")

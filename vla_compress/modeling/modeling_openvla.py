@@ -22,11 +22,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .action_tokenizer import unnormalize_actions
+from .action_tokenizer import ACTION_DIM, unnormalize_actions
 from .config import OpenVLAConfig
 from .widths import current_layer_widths, resize_decoder_layers
-
-ACTION_DIM = 7
 
 
 class ScaleFactorLayerScale(nn.Module):
@@ -163,7 +161,8 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         """Insert projected patches after BOS; positions follow the attention mask."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        dtype = self.projector.fc1.weight.dtype
+        # the first float weight of the vision tower (its patch embedding; quantized linears hold integers)
+        dtype = next(p.dtype for p in self.vision_backbone.parameters() if p.is_floating_point())
         patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
         text = self.get_input_embeddings()(input_ids)
         embeds = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)

@@ -9,7 +9,7 @@ actions as its samples one at a time (positions come from the attention mask, no
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .action_tokenizer import ActionTokenizer
+from .action_tokenizer import ACTION_DIM, ActionTokenizer, normalize_actions
 from .config import OpenVLAConfig
 from .text_tokenizer import SPACE_TOKEN
 
@@ -54,6 +54,62 @@ def resize_images(batch: torch.Tensor, size: int, max_value: float) -> torch.Ten
         return batch
     resized = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return resized.clamp_(0.0, max_value)
+
+
+def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06) -> torch.Tensor:
+    """Shift each image of a uint8 `[B, H, W, 3]` tensor by up to `pad_fraction` of its size, on its device.
+
+    OpenVLA's crop augmentation as a shift: edge (replicate) padding, then a random crop back to the input
+    size; the offsets come from `rng`, so host batches (`OpenVLAProcessor.batch`) and device-resident ones
+    (`ResidentDemos`) draw the same shifts for the same generator.
+    """
+    batch, height, width, _ = images.shape
+    pad = max(1, int(round(pad_fraction * height)))
+    # replicate-pad needs a float NCHW tensor; values stay integers, so the uint8 round trip is exact
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.as_tensor(rng.integers(0, 2 * pad + 1, size=(batch, 2)), device=images.device)
+    ys = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
+    xs = offsets[:, 1:] + torch.arange(width, device=images.device)  # [B, W]
+    b = torch.arange(batch, device=images.device)[:, None, None]
+    shifted = padded.permute(0, 2, 3, 1)[b, ys[:, :, None], xs[:, None, :]]
+    return shifted.to(torch.uint8)
+
+
+def check_samples(samples: Sequence[Mapping]) -> bool:
+    """Validate robot samples before they are batched; returns whether they carry actions.
+
+    Raises a ValueError naming the sample index, the field and what was expected: images uint8
+    `[H, W, 3]` of one shape (float images would be cast to black by the uint8 augmentation), an
+    instruction string, and either no sample or every sample with a finite action of 7 values."""
+    if len(samples) == 0:
+        raise ValueError("samples is empty; expected dicts with image, instruction and action")
+    with_action = "action" in samples[0]
+    first_shape = None
+    for i, sample in enumerate(samples):
+        for key in ("image", "instruction"):
+            if key not in sample:
+                raise ValueError(f"samples[{i}] has no {key!r}; expected keys image, instruction, action")
+        image = np.asarray(sample["image"])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"samples[{i}]['image'] is {image.dtype} {tuple(image.shape)}; expected uint8 "
+                             "[H, W, 3] in [0, 255]")
+        first_shape = first_shape or image.shape
+        if image.shape != first_shape:
+            raise ValueError(f"samples[{i}]['image'] has shape {image.shape}, samples[0]['image'] {first_shape}; "
+                             "one batch needs one image size")
+        if not isinstance(sample["instruction"], str):
+            raise ValueError(f"samples[{i}]['instruction'] is a {type(sample['instruction']).__name__}; expected str")
+        if ("action" in sample) != with_action:
+            raise ValueError(f"samples[{i}] {'lacks' if with_action else 'has'} an 'action' unlike samples[0]; "
+                             "give every sample an action or none")
+        if with_action:
+            action = np.asarray(sample["action"], dtype=np.float64)
+            if action.shape != (ACTION_DIM,):
+                raise ValueError(f"samples[{i}]['action'] has shape {action.shape}; expected ({ACTION_DIM},): "
+                                 "xyz delta, rotation delta, gripper")
+            if not np.isfinite(action).all():
+                raise ValueError(f"samples[{i}]['action'] is {action.tolist()}; expected finite values")
+    return with_action
 
 
 class OpenVLAProcessor:
@@ -118,6 +174,30 @@ class OpenVLAProcessor:
             input_ids[i, length - len(row) + 1:] = torch.tensor(row[1:])
             attention_mask[i, length - len(row) + 1:] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def sample_arrays(self, samples: Sequence[Mapping], norm_stats: Mapping | None = None,
+                      unnorm_key: str | None = None) -> tuple[torch.Tensor, list[str], np.ndarray | None]:
+        """Checked samples -> (uint8 images `[B, H, W, 3]`, instructions, normalised actions or None).
+
+        Actions are in the dataset's units and normalised with `norm_stats` (OpenVLA's q01 / q99); without
+        `norm_stats` they are taken as already normalised to [-1, 1]."""
+        with_action = check_samples(samples)
+        images = torch.from_numpy(np.stack([np.asarray(s["image"]) for s in samples]))
+        actions = None
+        if with_action:
+            actions = np.stack([np.asarray(s["action"], np.float32) for s in samples])
+            if norm_stats:
+                actions = normalize_actions(actions, norm_stats, unnorm_key)
+        return images, [s["instruction"] for s in samples], actions
+
+    def batch(self, samples: Sequence[Mapping], norm_stats: Mapping | None = None, unnorm_key: str | None = None,
+              augment: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Robot samples `{"image", "instruction", "action"}` -> a model batch: the one path SFT, pruning
+        calibration, GPTQ and the CLI share. `augment` draws random shifts (`shift_images`); None: none."""
+        images, instructions, actions = self.sample_arrays(samples, norm_stats, unnorm_key)
+        if augment is not None:
+            images = shift_images(images, augment)
+        return self(images, instructions, actions)
 
     def __call__(self, images, instructions: Sequence[str], actions: np.ndarray | None = None) -> dict:
         """Everything the model's forward needs for a batch."""

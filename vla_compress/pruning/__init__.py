@@ -14,15 +14,17 @@ from numbers import Integral, Real
 
 from torch import nn
 
+from ..calibration import Calibration, calibration_batches
 from ..modeling.size import component_sizes
 from ..modeling.widths import current_layer_widths, decoder_layers
-from .calibration import Calibration, calibration_batches
+from .configs import METHOD_OF, BlockPruning, FlapPruning, MagnitudePruning, PruningConfig, WandaPruning, as_arguments
 from .flap import prune_flap
-from .importance import CRITERIA, NAMED, Group, Importance, TaylorImportance, layer_groups
+from .importance import CRITERIA, NAMED, TAYLOR, Group, Importance, TaylorImportance, layer_groups
 from .structured import check_plan, prune_blocks
 from .unstructured import decoder_linears, hold_sparsity, prune_magnitude, prune_wanda, zero_fraction
 
-__all__ = ["CRITERIA", "METHODS", "Group", "PruneReport", "hold_sparsity", "prune"]
+__all__ = ["CRITERIA", "METHODS", "BlockPruning", "FlapPruning", "Group", "MagnitudePruning", "PruneReport",
+           "PruningConfig", "WandaPruning", "hold_sparsity", "prune"]
 
 log = logging.getLogger(__name__)
 STRUCTURED, UNSTRUCTURED = ("block", "flap"), ("magnitude", "wanda")
@@ -52,14 +54,21 @@ class PruneReport:
         return line if self.sparsity is None else f"{line}, sparsity {self.sparsity:.3f}"
 
 
-def prune(model: nn.Module, ratio: float, importance: str | Importance | None = None, method: str = "block",
-          calibration: Calibration | None = None, layers: Iterable[int] | None = None,
-          round_to: int | None = None, batch_size: int = 4, bias_compensation: bool = True) -> nn.Module:
+def prune(model: nn.Module, config: float | PruningConfig | None = None, importance: str | Importance | None = None,
+          method: str = "block", calibration: Calibration | None = None, layers: Iterable[int] | None = None,
+          round_to: int | None = None, batch_size: int = 4, bias_compensation: bool = True, *,
+          ratio: float | None = None) -> nn.Module:
     """Prune the VLA's language model in place and return it (report in `model.prune_report`).
 
+    `config` is a typed config (`BlockPruning(ratio=0.9)`, `FlapPruning`, `MagnitudePruning`,
+    `WandaPruning`; `calibration` is passed beside it) or the shorthand `ratio` (positional or
+    `ratio=`) with the keyword settings below.
+
     - `method="block"`: remove `ratio` of the KV groups of heads and of the MLP channels in each
-      pruned layer, ranked by `importance` ("taylor" (default; needs `calibration`), "l1", "l2",
-      "random", or a callable `Group -> scores`).
+      pruned layer, ranked by `importance`: "taylor" (default; LLM-Pruner's `param_mix`, needs
+      `calibration`), "taylor_vectorize" / "taylor_param_first" / "taylor_param_second" /
+      "taylor_param_mix" (LLM-Pruner's other `--taylor` modes), "l1", "l2", "random", or a callable
+      `Group -> scores`.
     - `method="flap"`: FLAP; `ratio` of the prunable parameters of the chosen layers is removed
       with per-layer widths; `bias_compensation` folds removed channels' mean inputs into biases.
     - `method="magnitude"` / `"wanda"`: zero `ratio` of each projection's weights (Wanda: per
@@ -69,6 +78,16 @@ def prune(model: nn.Module, ratio: float, importance: str | Importance | None = 
     all (unstructured). `round_to`: kept widths (heads x head_dim, MLP channels) are multiples of it.
     `calibration`: robot samples `{"image", "instruction", "action"}` or ready batches.
     """
+    if config is not None and ratio is not None:
+        raise ValueError(f"pass config={config!r} or ratio={ratio!r}, not both")
+    if isinstance(config, tuple(METHOD_OF)):
+        flat = {"importance": importance, "method": method, "layers": layers, "round_to": round_to,
+                "batch_size": batch_size, "bias_compensation": bias_compensation}
+        if flat != {"importance": None, "method": "block", "layers": None, "round_to": None, "batch_size": 4,
+                    "bias_compensation": True}:
+            raise ValueError(f"config={config!r} holds the settings; pass only calibration= beside it")
+        return prune(model, calibration=calibration, **as_arguments(config))
+    ratio = config if ratio is None else ratio
     layer_list = _validate(model, ratio, importance, method, calibration, layers, round_to, batch_size)
     groups = layer_groups(model, layer_list) if method in STRUCTURED else []
     if method == "block":
@@ -79,8 +98,8 @@ def prune(model: nn.Module, ratio: float, importance: str | Importance | None = 
     sparsity = None
     if method == "block":
         importance = importance or "taylor"
-        if importance == "taylor":
-            criterion = TaylorImportance(model, groups, batches)
+        if importance in TAYLOR:
+            criterion = TaylorImportance(model, groups, batches, TAYLOR[importance])
         else:
             criterion = NAMED[importance] if isinstance(importance, str) else importance
         prune_blocks(model, groups, criterion, ratio, round_to)
@@ -125,9 +144,9 @@ def _validate(model: nn.Module, ratio: float, importance: str | Callable | None,
     elif importance is not None:
         raise ValueError(f"importance={importance!r} applies only to method='block'; {method!r} has its own "
                          "criterion: allowed: importance=None")
-    needs_data = method in ("flap", "wanda") or (method == "block" and importance in (None, "taylor"))
+    needs_data = method in ("flap", "wanda") or (method == "block" and (importance is None or importance in TAYLOR))
     if needs_data and calibration is None:
-        criterion = method if method != "block" else "importance='taylor'"
+        criterion = method if method != "block" else f"importance={importance or 'taylor'!r}"
         raise ValueError(f"calibration is required for {criterion}; allowed: an iterable of samples "
                          "{'image', 'instruction', 'action'} or of batches (or importance in l1/l2/random)")
     if round_to is not None and (method not in STRUCTURED or isinstance(round_to, bool)

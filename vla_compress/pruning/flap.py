@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..calibration import collect_inputs
 from ..modeling.widths import decoder_layers
-from .calibration import collect_inputs
 from .importance import Group
 from .structured import shrink_layers, top_units, unit_step
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..calibration import collect_inputs
 from ..modeling.widths import decoder_layers
-from .calibration import collect_inputs
 
 
 def decoder_linears(model: nn.Module, layers: Iterable[int]) -> dict[str, nn.Linear]:

@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..calibration import Calibration
 from ..modeling.size import component_sizes
 from . import bnb, cpu, gptq
 from .bnb import BnbConfig
 from .cpu import QuantoConfig
-from .gptq import Calibration, GPTQConfig, GPTQLinear
+from .gptq import GPTQConfig, GPTQLinear
 from .scope import FilterFn, default_filter, scope_name, select_linears
 
 logger = logging.getLogger(__name__)
@@ -60,31 +61,57 @@ def _config(config_class: type, bits: int, options: dict):
         raise ValueError(f"{config_class.__name__} options are {allowed}; got {sorted(options)}") from error
 
 
-def quantize(model: nn.Module, bits: int = 4, method: str = "bnb", *, include_lm_head: bool = False,
-             filter_fn: FilterFn | None = None, calibration: Calibration | None = None, **options) -> nn.Module:
+QuantizationConfig = BnbConfig | GPTQConfig | QuantoConfig
+CONFIG_METHODS = {config_class: method for method, (_, config_class, _) in METHODS.items()}
+
+
+def quantize(model: nn.Module, config: int | QuantizationConfig | None = None, method: str | None = None, *,
+             bits: int | None = None, include_lm_head: bool = False, include_projector: bool = False,
+             include_vision: bool = False, filter_fn: FilterFn | None = None,
+             calibration: Calibration | None = None, **options) -> nn.Module:
     """Quantize the LLM's decoder linears of `model` in place and return it.
 
-    `method`: "bnb" (LLM.int8 / NF4, options of `BnbConfig`), "gptq" (needs `calibration`, an iterable
-    of `(images, instructions)` batches; options of `GPTQConfig`) or "quanto" (CPU-fast weight-only).
-    `include_lm_head` adds the output head; `filter_fn(name, module)` replaces the scope entirely.
+    `config` is a typed config, as torchao's `quantize_` takes one (`quantize(model, BnbConfig(bits=4))`,
+    `quantize(model, GPTQConfig(bits=4, group_size=128), calibration=demos)`, `QuantoConfig(bits=8)`),
+    or the shorthand `bits` (positional or `bits=`; default 4) with `method`: "bnb" (default; LLM.int8 /
+    NF4, options of `BnbConfig`),
+    "gptq" (needs `calibration`: robot samples `{"image", "instruction", "action"}` or processor
+    batches, as `prune` takes; options of `GPTQConfig`) or "quanto" (CPU-fast weight-only).
+    The scope is the LLM's decoder linears (the paper's); `include_lm_head`, `include_projector` and
+    `include_vision` add the output head, the projector and the vision backbones' linears (for the
+    smallest checkpoint); `filter_fn(name, module)` replaces the scope entirely.
     """
-    backend, config_class = _backend(method, bits)
-    config = _config(config_class, bits, options)
+    if config is not None and bits is not None:
+        raise ValueError(f"pass config={config!r} or bits={bits!r}, not both")
+    config = config if config is not None else (bits if bits is not None else 4)
+    if isinstance(config, tuple(CONFIG_METHODS)):
+        if method not in (None, CONFIG_METHODS[type(config)]) or options:
+            raise ValueError(f"config={config!r} sets the method and its options; pass neither method= nor options")
+        method = CONFIG_METHODS[type(config)]
+        backend, _ = _backend(method, config.bits)
+    elif isinstance(config, int) and not isinstance(config, bool):
+        method = method or "bnb"
+        backend, config_class = _backend(method, config)
+        config = _config(config_class, config, options)
+    else:
+        raise ValueError(f"config={config!r} is invalid; allowed: bits 4 or 8 (with method=), or one of "
+                         f"{[c.__name__ for c in CONFIG_METHODS]}")
+    bits = config.bits
     if getattr(model.config, "quantization", None):
         raise ValueError(f"model is already quantized ({model.config.quantization['method']}, "
                          f"{model.config.quantization['bits']}-bit); start from the unquantized model")
-    names = select_linears(model, filter_fn or default_filter(include_lm_head))
+    names = select_linears(model, filter_fn or default_filter(include_lm_head, include_projector, include_vision))
     if not names:
         raise ValueError("no nn.Linear module matches the quantization scope")
-    before = component_sizes(model)["language_model"].bytes
+    before = component_sizes(model)["total"].bytes
     if method == "gptq":
         backend.quantize_linears(model, names, config, calibration)
     else:
         backend.quantize_linears(model, names, config)
-    model.config.quantization = {"method": method, "bits": bits, "scope": scope_name(include_lm_head, filter_fn),
-                                 **config.settings(), "modules": names}
-    after = component_sizes(model)["language_model"].bytes
-    logger.info("quantized %d linears (%s, %d-bit): LLM %.2f MB -> %.2f MB", len(names), method, bits,
+    scope = scope_name(include_lm_head, filter_fn, include_projector, include_vision)
+    model.config.quantization = {"method": method, "bits": bits, "scope": scope, **config.settings(), "modules": names}
+    after = component_sizes(model)["total"].bytes
+    logger.info("quantized %d linears (%s, %d-bit, %s): model %.2f MB -> %.2f MB", len(names), method, bits, scope,
                 before / 1e6, after / 1e6)
     return model.eval()
 
@@ -122,4 +149,4 @@ def load_quantized(path: str | Path, config, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-__all__ = ["BnbConfig", "GPTQConfig", "GPTQLinear", "QuantoConfig", "load_quantized", "quantize"]
+__all__ = ["BnbConfig", "GPTQConfig", "GPTQLinear", "QuantizationConfig", "QuantoConfig", "load_quantized", "quantize"]

@@ -4,9 +4,11 @@ Why our own: auto-gptq is unmaintained and gptqmodel wraps Hugging Face causal L
 cannot drive `OpenVLAForActionPrediction`, whose LM only sees image patches through our own forward),
 and its fast CPU kernel needs input widths divisible by the group size, which pruned layers break.
 
-Calibration runs the real model on `(images, instructions)` batches (prefill and decoding of the 7
-action tokens) and hooks capture each linear's inputs. Decoder layers are quantized one after the
-other, re-running calibration each time so later layers see the already-quantized earlier ones.
+Calibration is the one type pruning uses (`vla_compress.calibration`): robot samples with their
+demonstrated actions, batched as SFT batches them, or ready batches. The model runs teacher-forced on
+prompt + action tokens and hooks capture each linear's inputs at the real (not padding) positions.
+Decoder layers are quantized one after the other, re-running calibration each time so later layers
+see the already-quantized earlier ones.
 
 Packed format of a `GPTQLinear` (all buffers, saved in safetensors):
     qweight [out, ceil(in * bits / 8)] uint8   two 4-bit codes per byte (low nibble first) or one 8-bit code
@@ -22,16 +24,14 @@ without storing the padding; 4-bit rows of odd width get one padding nibble.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration import Calibration, calibration_batches, collect_inputs
 from .scope import DECODER_PREFIX, replace_module, sub_state_dict
-
-Calibration = Iterable[tuple[Sequence, Sequence[str]] | dict]
 
 
 @dataclass
@@ -42,10 +42,12 @@ class GPTQConfig:
     group_size: int = 128
     act_order: bool = False
     damp_percent: float = 0.01
+    batch_size: int = 4  # calibration samples per forward pass
 
     def __post_init__(self) -> None:
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        for name in ("group_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def settings(self) -> dict:
         return {"group_size": self.group_size, "act_order": self.act_order, "damp_percent": self.damp_percent}
@@ -141,53 +143,42 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, config: GP
     return codes[:, inverse], scales, zeros, g_idx.int()
 
 
-def _run_calibration(model: nn.Module, calibration: list) -> None:
-    for sample in calibration:
-        batch = sample if isinstance(sample, dict) else model.processor(*sample)
-        model.generate_action_indices(**{key: value.to(model.device) for key, value in batch.items()})
+def _hessians(model: nn.Module, names: list[str], batches: list[dict]) -> dict[str, torch.Tensor]:
+    """`2/n sum x x^T` over every real-token input row each named linear sees."""
+    hessians: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
 
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        n = counts.get(name, 0)
+        hessians[name] = hessians.get(name, 0) * (n / (n + len(x))) + (2 / (n + len(x))) * x.T @ x
+        counts[name] = n + len(x)
 
-def _hessians(model: nn.Module, names: list[str], calibration: list) -> dict[str, torch.Tensor]:
-    """`2/n sum x x^T` over every input row each named linear sees while the model decodes."""
-    hessians, counts, hooks = {}, {}, []
-
-    def hook(name: str):
-        def capture(module: nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            n = counts.get(name, 0)
-            hessians[name] = hessians.get(name, 0) * (n / (n + len(x))) + (2 / (n + len(x))) * x.T @ x
-            counts[name] = n + len(x)
-        return capture
-
-    for name in names:
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            _run_calibration(model, calibration)
-    finally:
-        for handle in hooks:
-            handle.remove()
+    collect_inputs(model, batches, {name: model.get_submodule(name) for name in names}, accumulate)
     return hessians
 
 
 def _stage(name: str) -> str:
-    """Decoder layer a linear belongs to (quantized together); other modules form their own stage."""
-    if name.startswith(DECODER_PREFIX):
-        return name[:len(DECODER_PREFIX)] + name[len(DECODER_PREFIX):].split(".")[0]
+    """The decoder layer or ViT block a linear belongs to (quantized together); other linears (projector,
+    output head) form their own stage. Stages run in the model's order, vision first."""
+    for marker in (DECODER_PREFIX, ".blocks."):
+        if marker in name:
+            head, _, rest = name.partition(marker)
+            return head + marker + rest.split(".")[0]
     return name
 
 
 def quantize_linears(model: nn.Module, names: list[str], config: GPTQConfig, calibration: Calibration | None) -> None:
     """GPTQ-quantize the named linears stage by stage (decoder layer by decoder layer)."""
     if calibration is None:
-        raise ValueError("method='gptq' needs calibration=[(images, instructions), ...] (robot samples), "
-                         "or processor batches")
-    calibration = list(calibration)
+        raise ValueError("method='gptq' needs calibration: robot samples {'image', 'instruction', 'action'} "
+                         "(e.g. a DemoDataset's) or processor batches")
+    batches = list(calibration_batches(model, calibration, config.batch_size))
     stages: dict[str, list[str]] = {}
     for name in names:
         stages.setdefault(_stage(name), []).append(name)
     for stage_names in stages.values():
-        hessians = _hessians(model, stage_names, calibration)
+        hessians = _hessians(model, stage_names, batches)
         for name in stage_names:
             linear = model.get_submodule(name)
             hessian = hessians.get(name, torch.zeros(linear.in_features, linear.in_features)).cpu()

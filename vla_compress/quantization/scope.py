@@ -1,7 +1,8 @@
 """Which modules a quantization touches: one predicate over `(name, module)`.
 
 The paper quantizes the LLM's decoder linear layers and keeps the vision backbone, the projector
-and the output head in full precision; `include_lm_head` or a custom `filter_fn` widens the scope.
+and the output head in full precision; `include_lm_head`, `include_projector`, `include_vision` (the
+ViTs' linears; patch embeddings are convolutions and stay) or a custom `filter_fn` widen the scope.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ FilterFn = Callable[[str, nn.Module], bool]
 
 DECODER_PREFIX = "language_model.model.layers."
 LM_HEAD = "language_model.lm_head"
+PROJECTOR_PREFIX = "projector."
+VISION_PREFIX = "vision_backbone."
 
 
 def decoder_linears(name: str, module: nn.Module) -> bool:
@@ -21,18 +24,25 @@ def decoder_linears(name: str, module: nn.Module) -> bool:
     return type(module) is nn.Linear and name.startswith(DECODER_PREFIX)
 
 
-def default_filter(include_lm_head: bool = False) -> FilterFn:
-    """Decoder linears, plus the LLM's output head when `include_lm_head`."""
-    if not include_lm_head:
-        return decoder_linears
-    return lambda name, module: decoder_linears(name, module) or (name == LM_HEAD and type(module) is nn.Linear)
+def default_filter(include_lm_head: bool = False, include_projector: bool = False,
+                   include_vision: bool = False) -> FilterFn:
+    """Decoder linears, plus the output head, the projector's and the vision backbones' linears if asked."""
+    prefixes = (DECODER_PREFIX, *((PROJECTOR_PREFIX,) if include_projector else ()),
+                *((VISION_PREFIX,) if include_vision else ()))
+
+    def accepts(name: str, module: nn.Module) -> bool:
+        return type(module) is nn.Linear and (name.startswith(prefixes) or (include_lm_head and name == LM_HEAD))
+    return accepts
 
 
-def scope_name(include_lm_head: bool, filter_fn: FilterFn | None) -> str:
-    """Short label recorded in `config.quantization["scope"]`."""
+def scope_name(include_lm_head: bool, filter_fn: FilterFn | None, include_projector: bool = False,
+               include_vision: bool = False) -> str:
+    """Short label recorded in `config.quantization["scope"]`, e.g. "decoder_linears+lm_head"."""
     if filter_fn is not None:
         return "custom"
-    return "decoder_linears+lm_head" if include_lm_head else "decoder_linears"
+    extra = [name for name, on in (("lm_head", include_lm_head), ("projector", include_projector),
+                                   ("vision", include_vision)) if on]
+    return "+".join(["decoder_linears", *extra])
 
 
 def select_linears(model: nn.Module, filter_fn: FilterFn) -> list[str]:

@@ -16,17 +16,25 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from vla_compress.recovery.checkpoint import (
+    check_output_dir,
+    last_good_checkpoint_note,
+    latest_checkpoint,
+    load_trainer_state,
+    run_identity,
+    run_state,
+    save_checkpoint,
+)
 from vla_compress.recovery.distributed import make_accelerator
 from vla_compress.recovery.metrics import MetricsLogger
 from vla_compress.recovery.rollout import (
@@ -39,6 +47,7 @@ from vla_compress.recovery.rollout import (
     observation_images,
     training_inputs,
 )
+from vla_compress.recovery.validation import require_int, require_number
 from vla_compress.recovery.value_head import ActorCritic, ValueHead, load_value_head
 
 logger = logging.getLogger(__name__)
@@ -49,7 +58,14 @@ ADVANTAGES = ("gae", "group")
 
 @dataclass
 class PPOConfig:
-    """PPO settings; defaults follow RL4VLA's reference runs (REFERENCE.md section 3)."""
+    """PPO settings; defaults follow RL4VLA's reference runs (REFERENCE.md section 3).
+
+    A resume continues only the same run: the same starting model and the same fields, except those in
+    `RESUME_MAY_CHANGE` (a longer `total_env_steps` extends a run)."""
+
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = (
+        "output_dir", "resume", "progress", "total_env_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
+        "eval_fn", "device", "num_threads", "max_env_restarts")
 
     # environment
     env: str = "maniskill"  # suite, or "suite:task_id"
@@ -120,24 +136,21 @@ class PPOConfig:
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot run; does no work."""
-        positive = {"total_env_steps": self.total_env_steps, "num_envs": self.num_envs,
-                    "episode_steps": self.episode_steps, "rollout_steps": self.steps_per_rollout,
-                    "minibatch_size": self.minibatch_size, "update_epochs": self.update_epochs,
-                    "learning_rate": self.learning_rate, "critic_learning_rate": self.critic_learning_rate,
-                    "temperature": self.temperature, "clip_coef": self.clip_coef,
-                    "vf_clip_coef": self.vf_clip_coef, "huber_delta": self.huber_delta,
-                    "max_grad_norm": self.max_grad_norm}
-        for name, value in positive.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl!r}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads!r}")
-        for name in ("checkpoint_every", "eval_every", "max_env_restarts", "ent_coef", "vf_coef", "weight_decay",
-                     "critic_warmup_updates"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("total_env_steps", "num_envs", "episode_steps", "minibatch_size", "update_epochs", "group_size"):
+            require_int(name, getattr(self, name), 1)
+        require_int("rollout_steps", self.rollout_steps, 1, optional=True)
+        require_int("num_threads", self.num_threads, 1, optional=True)
+        require_int("micro_batch_size", self.micro_batch_size, 1, optional=True)
+        for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "max_env_restarts", "critic_warmup_updates",
+                     "seed"):
+            require_int(name, getattr(self, name), 0)
+        for name in ("learning_rate", "critic_learning_rate", "temperature", "clip_coef", "vf_clip_coef",
+                     "huber_delta"):
+            require_number(name, getattr(self, name))
+        require_number("max_grad_norm", self.max_grad_norm, allow_inf=True)  # < 0 would reverse the gradient
+        require_number("target_kl", self.target_kl, optional=True)
+        for name in ("ent_coef", "vf_coef", "weight_decay"):
+            require_number(name, getattr(self, name), inclusive=True)
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -157,11 +170,6 @@ class PPOConfig:
         if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype).removeprefix("torch."), None),
                                                      torch.dtype):
             raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {self.dtype!r}")
-        output_dir = Path(self.output_dir).expanduser().resolve()
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ValueError(f"output_dir exists and is not a directory: {output_dir}")
-        if not self.resume and latest_checkpoint(output_dir) is not None:
-            raise ValueError(f"{output_dir} already holds checkpoints; pass resume=True or a new output_dir")
         if self.env_factory is None:
             self._suite_and_tasks()
         if self.advantage not in ADVANTAGES:
@@ -179,6 +187,7 @@ class PPOConfig:
         if self.advantage == "group" and (self.group_size < 2 or self.num_envs % self.group_size):
             raise ValueError(f"group_size must be >= 2 and divide num_envs ({self.num_envs}) with "
                              f"advantage='group', got {self.group_size!r}")
+        check_output_dir(Path(self.output_dir).expanduser().resolve(), self.resume)
 
     def reset_seeds(self, seed: int) -> int | list[int]:
         """The reset seed(s) of one episode round: one per group of envs with advantage="group"."""
@@ -326,19 +335,28 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
 
         actions = env_actions(model, out["action_indices"], config.unnorm_key)
         obs, reward, terminated, _truncated, info = runner.call("step", actions)
+        next_obs, step_info = step_result(obs, info)
         reward = torch.as_tensor(reward).float().cpu().reshape(num_envs)  # numpy or (GPU sim) torch
         episodic_return += reward.numpy()
-        success_once |= info_flag(info, "success", num_envs)
+        success_once |= info_flag(step_info, "success", num_envs)
         if t == t0 + config.episode_steps - 1 and config.bootstrap_truncated:
             # the episode is cut by the time limit, not ended: bootstrap with V(final observation)
-            final_values = act(model, value_head, observation_images(obs), instructions, 0.0, None, device)["values"]
+            final_values = act(model, value_head, observation_images(next_obs), instructions, 0.0, None,
+                               device)["values"]
             not_terminated = ~torch.as_tensor(terminated).bool().cpu().reshape(num_envs)
             reward = reward + config.gamma * final_values * not_terminated
         buffer.rewards[t] = reward
         if "instruction" in info:
             instructions = instructions_from_info(info, num_envs)
     return {"episodic_return": episodic_return, "success_once": success_once,
-            "success_at_end": info_flag(info, "success", num_envs)}
+            "success_at_end": info_flag(step_info, "success", num_envs)}
+
+
+def step_result(obs, info: dict) -> tuple[Any, dict]:
+    """The observation and info that follow a step. An auto-resetting vector env (ManiSkill's
+    `ManiSkillVectorEnv` with `physx_cuda`) returns the next episode's first frame when an episode ends
+    and keeps the true ones in `info["final_observation"]` / `info["final_info"]`."""
+    return info.get("final_observation", obs), info.get("final_info", info)
 
 
 def collect_rollout(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, config: PPOConfig,
@@ -406,9 +424,9 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
                 loss = pg_loss - config.ent_coef * entropy_loss + config.vf_coef * v_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"non-finite PPO loss (pg_loss={pg_loss.item()}, v_loss={v_loss.item()}); "
-                        f"nothing was saved for this update, the last good checkpoint in {config.output_dir} "
-                        "is intact. Check the rewards, lower the learning rate, or use float32.")
+                        f"non-finite PPO loss (pg_loss={pg_loss.item()}, v_loss={v_loss.item()}); nothing was "
+                        f"saved for this update; {last_good_checkpoint_note(config.output_dir)}. Check the rewards, "
+                        "lower the learning rate, or use float32.")
                 weight = len(idx) / len(mb_inds)
                 with accelerator.no_sync(agent) if i < len(chunks) - 1 else nullcontext():
                     accelerator.backward(loss * weight)
@@ -423,8 +441,8 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
                 break  # this minibatch's step is not taken
             grad_norm = accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
             if not torch.isfinite(torch.as_tensor(grad_norm)):
-                raise FloatingPointError(f"non-finite gradient norm; the last good checkpoint in "
-                                         f"{config.output_dir} is intact")
+                raise FloatingPointError(f"non-finite gradient norm {float(grad_norm)}, not applied; "
+                                         f"{last_good_checkpoint_note(config.output_dir)}")
             if not policy_signal and not config.critic_trains_backbone:
                 # The policy's gradients are zero here, but Adam's momentum would still move it: leave it out.
                 for param in optimizer.param_groups[0]["params"]:
@@ -467,11 +485,6 @@ def _load_model_weights(model, checkpoint: Path) -> None:
         raise ValueError(f"checkpoint {checkpoint} does not match the model: unexpected keys {unexpected[:5]}")
 
 
-def _saved_config(config: PPOConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-            if k not in ("env_factory", "eval_fn") and not callable(v)}
-
-
 # ---- the training loop ------------------------------------------------------------------------------------
 def train_ppo(model, config: PPOConfig) -> Any:
     """Fine-tune `model` (an `OpenVLAForActionPrediction`) with PPO in `config`'s envs; returns it."""
@@ -486,6 +499,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
         raise ValueError(f"total_env_steps ({config.total_env_steps}) is less than one rollout over "
                          f"{world} processes ({batch_size * world})")
     output_dir = Path(config.output_dir).expanduser()
+    run = run_identity(model, config)  # the model as given: a resume must start from the same one
     image_size = config.image_size or int(model.config.image_sizes[0])
     factory = config.env_factory or default_env_factory(config, image_size)
 
@@ -506,9 +520,9 @@ def train_ppo(model, config: PPOConfig) -> Any:
     start_update = 0
     checkpoint = latest_checkpoint(output_dir) if config.resume else None
     if checkpoint is not None:
+        state = load_trainer_state(checkpoint, run)
         _load_model_weights(model, checkpoint)
         load_value_head(value_head, checkpoint)
-        state = load_trainer_state(checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         start_update = int(state["update"])
         logger.info("resuming from %s (update %d)", checkpoint, start_update)
@@ -573,7 +587,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
                 metrics_logger.log(global_step, metrics)
             is_last = update + 1 == num_updates
             if is_last or (config.checkpoint_every and (update + 1) % config.checkpoint_every == 0):
-                _save(accelerator, agent, optimizer, output_dir, global_step, update + 1, config)
+                _save(accelerator, agent, optimizer, output_dir, global_step, update + 1, config, run)
             progress.update(1)
             progress.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}",
                                  succ=f"{metrics['charts/success_rate']:.2f}",
@@ -596,13 +610,14 @@ def _rollout_metrics(accelerator, stats: dict[str, np.ndarray]) -> dict[str, flo
             "charts/success_once": means[2].item()}
 
 
-def _save(accelerator, agent, optimizer, output_dir: Path, global_step: int, update: int, config: PPOConfig) -> None:
+def _save(accelerator, agent, optimizer, output_dir: Path, global_step: int, update: int, config: PPOConfig,
+          run: dict[str, Any]) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(agent)
         state = {"update": update, "global_step": global_step, "optimizer": optimizer.state_dict(),
-                 "config": _saved_config(config)}
-        save_checkpoint(output_dir, global_step, accelerator.unwrap_model(agent), state,
-                        keep=config.keep_checkpoints)
+                 **run_state(run, unwrapped.model)}
+        save_checkpoint(output_dir, global_step, unwrapped, state, keep=config.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 

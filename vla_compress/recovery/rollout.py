@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ACTION_DIM = 7
+from ..modeling import ACTION_DIM
 
 
 @dataclass

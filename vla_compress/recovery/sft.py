@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..data.resident import shift_images
-from ..modeling import OpenVLAForActionPrediction, normalize_actions
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from ..modeling import OpenVLAForActionPrediction
+from .checkpoint import (
+    check_output_dir,
+    last_good_checkpoint_note,
+    latest_checkpoint,
+    load_trainer_state,
+    run_identity,
+    run_state,
+    save_checkpoint,
+)
 from .distributed import make_accelerator
 from .metrics import MetricsLogger
+from .validation import require_int, require_number
 
 Sample = dict[str, Any]  # {"image": uint8 [H, W, 3], "instruction": str, "action": float32 [7]}
 
@@ -31,13 +40,20 @@ Sample = dict[str, Any]  # {"image": uint8 [H, W, 3], "instruction": str, "actio
 @dataclass
 class SFTConfig:
     """Settings of the SFT stage. `data` is a map-style dataset or a sequence of samples; one with a
-    `make_batch(model, indices, rng)` method (`vla_compress.data.ResidentDemos`) builds its own batches."""
+    `make_batch(model, indices, rng)` method (`vla_compress.data.ResidentDemos`) builds its own batches.
+
+    A resume continues only the same run: the same starting model and the same fields, except those in
+    `RESUME_MAY_CHANGE`."""
+
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = (
+        "output_dir", "resume", "progress", "log_every", "checkpoint_every", "eval_every", "eval_data", "eval_fn",
+        "device")
 
     data: Sequence[Sample] | None = None
     steps: int = 10_000
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 2e-4
+    learning_rate: float = 2e-4  # peak (after warm-up)
     weight_decay: float = 0.0
     warmup_steps: int = 200
     min_lr_ratio: float = 0.1
@@ -55,7 +71,13 @@ class SFTConfig:
     unnorm_key: str | None = None
     log_every: int = 10
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None  # deprecated alias of learning_rate (one release)
+
+    def __post_init__(self) -> None:
+        if self.lr is not None:
+            warnings.warn("SFTConfig.lr is deprecated; use SFTConfig.learning_rate (the name PPOConfig uses)",
+                          DeprecationWarning, stacklevel=3)
+            self.learning_rate, self.lr = self.lr, None
 
     def validate(self) -> None:
         if self.data is None:
@@ -63,12 +85,18 @@ class SFTConfig:
         if len(self.data) == 0:
             raise ValueError("SFTConfig.data is empty")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("SFTConfig.lr must be > 0, warmup_steps >= 0 and min_lr_ratio in [0, 1]")
-        if self.lora_rank is not None and self.lora_rank < 1:
-            raise ValueError(f"SFTConfig.lora_rank must be None or >= 1, got {self.lora_rank}")
+            require_int(f"SFTConfig.{name}", getattr(self, name), 1)
+        require_int("SFTConfig.warmup_steps", self.warmup_steps, 0)
+        require_int("SFTConfig.seed", self.seed, 0)
+        require_int("SFTConfig.lora_rank", self.lora_rank, 1, optional=True)
+        require_number("SFTConfig.learning_rate", self.learning_rate)
+        require_number("SFTConfig.weight_decay", self.weight_decay, inclusive=True)
+        require_number("SFTConfig.max_grad_norm", self.max_grad_norm, allow_inf=True)  # < 0 would reverse the step
+        require_number("SFTConfig.min_lr_ratio", self.min_lr_ratio, inclusive=True)
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"SFTConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.output_dir is not None:
+            check_output_dir(self.output_dir, self.resume)
 
 
 def _norm_stats_of(data) -> dict | None:
@@ -78,13 +106,9 @@ def _norm_stats_of(data) -> dict | None:
 def make_batch(model: OpenVLAForActionPrediction, samples: Sequence[Sample], unnorm_key: str | None = None,
                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
     """Samples -> a training batch whose rows end with the 7 normalised action tokens."""
-    images = torch.from_numpy(np.stack([np.asarray(s["image"]) for s in samples]))
-    if rng is not None:
-        images = shift_images(images, rng)
-    actions = np.stack([np.asarray(s["action"], np.float32) for s in samples])
-    if model.config.norm_stats:
-        actions = normalize_actions(actions, model.config.norm_stats, unnorm_key)
-    return model.processor(images, [s["instruction"] for s in samples], actions=actions)
+    if samples and "action" not in samples[0]:
+        raise ValueError("samples[0] has no 'action'; training data needs the demonstrated actions")
+    return model.processor.batch(samples, model.config.norm_stats, unnorm_key, augment=rng)
 
 
 @torch.no_grad()
@@ -133,6 +157,7 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
     config.validate()
     if model.processor is None:
         raise ValueError("model has no processor: load it with vla_compress.load_vla(...)")
+    run = run_identity(model, config)  # the model as given: a resume must start from the same one
     if (stats := _norm_stats_of(config.data)) is not None:
         model.config.norm_stats = stats
     accelerator = make_accelerator(config.device, config.grad_accum)
@@ -141,12 +166,12 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         _apply_lora(model, config.lora_rank)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step = 0
     if config.output_dir and config.resume and (checkpoint := latest_checkpoint(config.output_dir)) is not None:
-        state = load_trainer_state(checkpoint)
+        state = load_trainer_state(checkpoint, run)
         model.load_state_dict(load_file(checkpoint / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -172,11 +197,15 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
             with accelerator.accumulate(prepared):
                 loss = prepared(**batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; the last good "
-                                             f"checkpoint in {config.output_dir} is intact (try a lower lr)")
+                    raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}, which was not applied; "
+                                             f"{last_good_checkpoint_note(config.output_dir)} (try a lower lr)")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    if not torch.isfinite(torch.as_tensor(grad_norm)):
+                        raise FloatingPointError(
+                            f"SFT gradient norm is {float(grad_norm)} at step {step}, which was not applied; "
+                            f"{last_good_checkpoint_note(config.output_dir)} (try a lower lr)")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() / config.grad_accum
@@ -185,8 +214,8 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if logger and step % config.log_every == 0:
-            logger.log(step, {"losses/action_loss": loss_sum, "charts/lr": scheduler.get_last_lr()[0],
-                              "charts/grad_norm": float(grad_norm),
+            logger.log(step, {"losses/action_loss": loss_sum, "charts/learning_rate": scheduler.get_last_lr()[0],
+                              "losses/grad_norm": float(grad_norm),
                               "charts/steps_per_s": (step - first_step) / (time.time() - t0)})
         if step % config.eval_every == 0 or step == config.steps:
             metrics = {}
@@ -200,7 +229,7 @@ def train_sft(model: OpenVLAForActionPrediction, config: SFTConfig) -> OpenVLAFo
         due = step % config.checkpoint_every == 0 or step == config.steps
         if config.output_dir and main_process and due:
             save_checkpoint(config.output_dir, step, model, {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **run_state(run, model)})
     bar.close()
     if logger:
         logger.close()
