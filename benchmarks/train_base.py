@@ -44,7 +44,7 @@ from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD
 from vla_compress.evaluation import evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
-from vla_compress.modeling import build_model, normalize_actions, preset_config
+from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.presets import SHIPPED_PRESETS
 from vla_compress.modeling.processing import resize_images, shift_images
 from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -62,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny-policy", help="architecture preset trained from scratch")
     parser.add_argument("--episodes-per-task", type=int, default=50, help="expert demos per IND task")
     parser.add_argument("--demo-noise", type=float, default=0.1, help="DART noise on the expert's executed xyz")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps on the demos alone")
-    parser.add_argument("--dagger-rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4000, help="training steps on the demos alone")
+    parser.add_argument("--dagger-rounds", type=int, default=3)
     parser.add_argument("--dagger-episodes", type=int, default=8, help="learner rollouts per IND task per round")
     parser.add_argument("--dagger-steps", type=int, default=1000, help="training steps after each round")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -111,18 +111,15 @@ class TrainSet:
 
     def add(self, directory: Path) -> int:
         """Append every sample of `directory`; returns how many."""
-        images, instructions, actions, states = [], [], [], []
-        for sample in DemoDataset(directory):
-            images.append(sample["image"])
-            instructions.append(sample["instruction"])
-            actions.append(sample["action"])
-            states.append(sample["state"])
+        samples = list(DemoDataset(directory))
+        # the library's one sample path (checks, normalisation); frames are resized once here, not per batch
+        images, instructions, actions = self.model.processor.sample_arrays(samples, self.norm_stats)
         size = self.model.processor.image_sizes[0]
-        frames = torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).float()
+        frames = images.permute(0, 3, 1, 2).float()
         frames = torch.cat([resize_images(chunk, size, 255.0) for chunk in frames.split(2048)])
         frames = frames.round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        tokens = self.model.processor.tokenize(instructions, normalize_actions(np.stack(actions), self.norm_stats))
-        aux = aux_targets(np.stack(states))
+        tokens = self.model.processor.tokenize(instructions, actions)
+        aux = aux_targets(np.stack([sample["state"] for sample in samples]))
         if self.aux_stats is None:
             self.aux_stats = (aux.mean(0), aux.std(0) + 1e-3)
         aux = torch.as_tensor((aux - self.aux_stats[0]) / self.aux_stats[1])
@@ -132,7 +129,7 @@ class TrainSet:
             aux = torch.cat([self.aux, aux])
         self.images, self.aux = frames, aux
         self.input_ids, self.attention_mask = tokens["input_ids"], tokens["attention_mask"]
-        return len(images)
+        return len(samples)
 
     def __len__(self) -> int:
         return len(self.aux)

@@ -55,6 +55,33 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def check_device(device: str | None) -> None:
+    """ValueError unless `device` exists on this machine (None: the command's default)."""
+    if device is not None:
+        from vla_compress.modeling import resolve_device
+
+        resolve_device(device)
+
+
+def check_output_dir(path: Path) -> None:
+    """ValueError unless `path` is a directory that can be written or created (`rlrc`'s check, shared)."""
+    from vla_compress.pipeline import check_writable
+
+    check_writable(path)
+
+
+def check_output_file(path: Path) -> None:
+    """ValueError unless `path` can be written as a file (its missing parents are created later)."""
+    from vla_compress.pipeline import check_writable
+
+    if path.is_dir():
+        raise ValueError(f"output={str(path)!r} is a directory; allowed: a file path such as results.json")
+    try:
+        check_writable(path.parent)
+    except ValueError as error:
+        raise ValueError(f"output={str(path)!r} cannot be written: {error}") from None
+
+
 def load_model(name_or_path: str, device: str, dtype: str | None):
     """`load_vla`; on the meta device the model is built without allocating its weights."""
     import torch
@@ -125,6 +152,7 @@ def info(model: ModelArg, device: DeviceOpt = "cpu", dtype: DtypeOpt = None) -> 
         vla-compress info openvla-7b --device meta --dtype bf16
     """
     with user_errors():
+        check_device(device)
         loaded = load_model(model, device, dtype)
     typer.echo(f"model: {model}")
     typer.echo(
@@ -167,6 +195,8 @@ def prune(
     from vla_compress import prune as prune_model
 
     with user_errors():
+        check_device(device)
+        check_output_dir(output)
         loaded = load_model(model, device, dtype)
         samples = demo_samples(calibration, calibration_samples) if calibration is not None else None
         pruned = prune_model(
@@ -208,6 +238,8 @@ def quantize(
     from vla_compress.quantization import quantize as quantize_model
 
     with user_errors():
+        check_device(device)
+        check_output_dir(output)
         loaded = load_model(model, device, dtype)
         samples = demo_samples(calibration, calibration_samples) if calibration is not None else None
         options = {"batch_size": batch_size} if method == "gptq" else {}
@@ -219,17 +251,41 @@ def quantize(
     typer.echo(f"saved the {bits}-bit ({method}) model to {output}")
 
 
-def read_yaml(path: Path | None) -> dict[str, Any]:
-    """The `sft:` and `rl:` sections of a recovery config file (empty when no file)."""
+SECTIONS = {"sft": ("SFTConfig", "steps: 100"), "rl": ("PPOConfig", "total_env_steps: 1000")}  # field class, example
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML config file (`recover --config`, `rlrc --config`) as a mapping whose `sft:` / `rl:` sections,
+    when given, are mappings too; ValueError naming `config` otherwise."""
     import yaml
 
-    if path is None:
-        return {}
     if not path.is_file():
         raise ValueError(f"config={str(path)!r} is not a file")
-    data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"sft", "rl"}
-    if not isinstance(data, dict) or unknown:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"config={str(path)!r} is not valid YAML: {getattr(error, 'problem', None) or error}"
+                         f"{where}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config={str(path)!r} holds a {type(data).__name__}; allowed: a mapping of settings "
+                         "(sections sft:, rl:)")
+    for section, (fields, example) in SECTIONS.items():
+        value = data.get(section)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config={str(path)!r}: {section} is a {type(value).__name__}; allowed: a mapping of "
+                             f"{fields} fields, e.g. {section}: {{{example}}}")
+    return data
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    """The `sft:` and `rl:` sections of a recovery config file (empty when no file)."""
+    if path is None:
+        return {}
+    data = read_config_file(path)
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
         raise ValueError(f"config={str(path)!r} has unknown sections {sorted(unknown)}; allowed: sft, rl")
     return data
 
@@ -292,6 +348,8 @@ def recover(
     with user_errors():
         from vla_compress.recovery import recover as recover_model
 
+        check_device(device)
+        check_output_dir(output)
         sft_flags = given(
             data=sft_data, steps=sft_steps, batch_size=sft_batch_size, learning_rate=sft_lr, lora_rank=lora_rank
         )
@@ -387,6 +445,9 @@ def rlrc(
     with user_errors():
         from vla_compress.pipeline import config_from_yaml, run_rlrc
 
+        check_device(device)
+        if config is not None:
+            read_config_file(config)  # syntax and section shapes; config_from_yaml reads the settings
         settings = config_from_yaml(
             config, demos=demos, ratio=ratio, sft_steps=sft_steps, ppo_steps=ppo_steps, bits=bits,
             episodes=episodes, tasks=parse_tasks(tasks) if tasks else None, tasks_per_split=tasks_per_split,
@@ -431,6 +492,8 @@ def evaluate(
     from vla_compress.evaluation import evaluate as evaluate_policy
 
     with user_errors():
+        check_device(device)
+        check_output_file(output)
         loaded = load_model(model, device, dtype)
         result = evaluate_policy(
             loaded,
@@ -475,6 +538,7 @@ def demos(
     from vla_compress.data import generate_demos
 
     with user_errors():
+        check_output_dir(out_dir)
         summary = generate_demos(
             out_dir,
             tasks=parse_tasks(tasks),
@@ -510,6 +574,8 @@ def profile(
     from vla_compress.evaluation import profile as profile_model
 
     with user_errors():
+        check_device(device)
+        check_output_file(output)
         loaded = load_model(model, device, dtype)
         result = profile_model(
             loaded, batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size

@@ -3,7 +3,7 @@
 
 from .action_tokenizer import ActionTokenizer, normalize_actions, unnormalize_actions
 from .config import OpenVLAConfig, register
-from .loading import build_model, resolve_dtype
+from .loading import build_model, resolve_device, resolve_dtype
 from .modeling_openvla import ACTION_DIM, OpenVLAForActionPrediction
 from .presets import PRESETS, preset_config
 from .processing import OpenVLAProcessor, prompt_for
@@ -14,5 +14,5 @@ register()
 __all__ = [
     "ACTION_DIM", "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PRESETS",
     "build_model", "component_sizes", "normalize_actions", "preset_config", "prompt_for",
-    "register", "resolve_dtype", "unnormalize_actions",
+    "register", "resolve_device", "resolve_dtype", "unnormalize_actions",
 ]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from .config import OpenVLAConfig, register
 from .modeling_openvla import OpenVLAForActionPrediction
@@ -34,6 +34,26 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is unknown; allowed: {sorted(DTYPES)} or a torch.dtype")
     return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device` that exists here; ValueError naming it and the allowed devices."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={str(device)!r} is unknown; allowed: {_allowed_devices()}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (parsed.index or 0) >= count:
+            here = "no CUDA device here" if count == 0 else f"{count} CUDA device(s) here"
+            raise ValueError(f"device={str(device)!r} is not available; allowed: {_allowed_devices()} ({here})")
+    return parsed
+
+
+def _allowed_devices() -> str:
+    count = torch.cuda.device_count()
+    cuda = ["cuda", *(f"cuda:{i}" for i in range(count))] if count else []
+    return ", ".join(["cpu", *cuda, "meta"])
 
 
 def build_model(config: OpenVLAConfig, seed: int = 0) -> OpenVLAForActionPrediction:
@@ -68,9 +88,13 @@ def _is_openvla_dir(path: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("model_type") == "openvla"
+        data = json.loads(config.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"name_or_path={str(path)!r}: config.json is not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"name_or_path={str(path)!r}: config.json holds a {type(data).__name__}, not a JSON "
+                         "object of settings; restore it from the checkpoint's source")
+    return data.get("model_type") == "openvla"
 
 
 DirectoryLoader = Callable[[Path, OpenVLAConfig, "str | torch.device", "torch.dtype | None"],
@@ -82,9 +106,28 @@ def load_dense(path: Path, config: OpenVLAConfig, device: str | torch.device,
     """A dense or pruned (per-layer widths) checkpoint directory with its processor."""
     if config.quantization:
         raise ValueError(f"name_or_path={str(path)!r} is a quantized checkpoint; load it with vla_compress.load_vla")
+    check_weight_shapes(path, config)
     model = OpenVLAForActionPrediction.from_pretrained(path, config=config, dtype=dtype or "auto")
     model.processor = OpenVLAProcessor.from_pretrained(path, config)
     return model.to(device).eval()
+
+
+def check_weight_shapes(path: Path, config: OpenVLAConfig) -> None:
+    """ValueError when a stored tensor's shape differs from what `config` builds (e.g. pruned weights beside
+    a dense config.json); reads only the safetensors headers."""
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in OpenVLAForActionPrediction(config).state_dict().items()}
+    differing = []
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            for key in weights.keys():
+                stored = tuple(weights.get_slice(key).get_shape())
+                if key in expected and stored != expected[key]:
+                    differing.append(f"{key} {list(stored)} (config: {list(expected[key])})")
+    if differing:
+        shown = "; ".join(differing[:3]) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
+        raise ValueError(f"checkpoint {str(path)!r} does not match its config: {len(differing)} tensors have "
+                         f"other shapes: {shown}; config.json and the weights come from different models")
 
 
 def _load_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None,
@@ -106,6 +149,7 @@ def load_from(name_or_path: str | Path, device: str | torch.device, dtype: str |
               load_directory: DirectoryLoader) -> OpenVLAForActionPrediction:
     """`vla_compress.load_vla`'s name resolution; checkpoint directories are read by `load_directory`."""
     dtype = resolve_dtype(dtype)
+    resolve_device(device)
     name = str(name_or_path)
     if name in SHIPPED_PRESETS:
         path = shipped_preset_dir(name)

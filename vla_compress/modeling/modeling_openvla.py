@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .action_tokenizer import ACTION_DIM, unnormalize_actions
 from .config import OpenVLAConfig
+from .processing import _as_image_batch
 from .widths import current_layer_widths, resize_decoder_layers
 
 
@@ -290,11 +291,20 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
     def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str],
                        unnorm_key: str | None = None, temperature: float = 0.0,
                        generator: torch.Generator | None = None) -> np.ndarray:
-        """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32)."""
+        """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32).
+
+        `instructions` is a list of B strings; a lone string is accepted for a batch of one image
+        (`images[None]` and `"pick up the cube"`). An empty batch is a ValueError."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if self.config.norm_stats:  # fail before any compute
             unnormalize_actions(np.zeros(ACTION_DIM, np.float32), self.config.norm_stats, unnorm_key)
+        images = _as_image_batch(images)
+        if isinstance(instructions, str):
+            if images.shape[0] != 1:
+                raise ValueError(f"instructions is one string for a batch of {images.shape[0]} images; pass a list "
+                                 f"of {images.shape[0]} strings, one per image")
+            instructions = [instructions]
         batch = self._processor()(images, instructions)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator)

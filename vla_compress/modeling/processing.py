@@ -44,6 +44,9 @@ def _as_image_batch(images: np.ndarray | torch.Tensor | Sequence) -> torch.Tenso
         raise ValueError(f"images has shape {tuple(tensor.shape)}; expected [B, H, W, 3] RGB (channels last)")
     if tensor.dtype != torch.uint8:
         raise ValueError(f"images has dtype {tensor.dtype}; expected uint8 in [0, 255]")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"images is an empty batch (shape {tuple(tensor.shape)}); expected at least one RGB image "
+                         "[B, H, W, 3] with B >= 1, and one instruction per image")
     return tensor
 
 
@@ -159,6 +162,8 @@ class OpenVLAProcessor:
         """Mid-padded `input_ids` and `attention_mask`; normalised `actions [B, D]` are appended as tokens."""
         if isinstance(instructions, str) or not all(isinstance(i, str) for i in instructions):
             raise ValueError("instructions must be a list of strings, one per image")
+        if len(instructions) == 0:
+            raise ValueError("instructions is empty; expected a list of strings, one per image")
         rows = [self.prompt_ids(instruction) for instruction in instructions]
         if actions is not None:
             action_ids = self.action_tokenizer.encode(np.asarray(actions)).tolist()
@@ -202,6 +207,9 @@ class OpenVLAProcessor:
     def __call__(self, images, instructions: Sequence[str], actions: np.ndarray | None = None) -> dict:
         """Everything the model's forward needs for a batch."""
         pixel_values = self.pixel_values(images)
+        if isinstance(instructions, str):
+            raise ValueError(f"instructions must be a list of strings, one per image, not one string: pass "
+                             f"[{instructions[:40]!r}] for a batch of one")
         if len(instructions) != pixel_values.shape[0]:
             raise ValueError(
                 f"instructions has {len(instructions)} entries but images has {pixel_values.shape[0]}; "
