@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import gymnasium as gym
@@ -35,9 +34,8 @@ from report import write_json
 from vla_compress import PPOConfig, load_vla, recover
 from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
 from vla_compress.evaluation import evaluate
-from vla_compress.recovery import ppo as ppo_module
 from vla_compress.recovery.metrics import read_metrics
-from vla_compress.recovery.ppo import ADVANTAGES, default_env_factory
+from vla_compress.recovery.ppo import ADVANTAGE_ESTIMATORS, ADVANTAGES, default_env_factory
 from vla_compress.recovery.rollout import info_flag
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",
@@ -129,23 +127,18 @@ def greedy_success(model, args: argparse.Namespace) -> dict:
             "per_task": result.success_rate, "seconds": time.time() - start}
 
 
-@contextmanager
-def shuffled_advantages(seed: int = 0):
-    """Within the block, PPO's advantages are randomly permuted across each rollout: a control run with the
-    same data, the same advantage distribution and step sizes, but no link between an action and its outcome."""
-    original = ppo_module.compute_gae
+def shuffled_advantages(estimator: str, seed: int = 0):
+    """A PPOConfig.advantage estimator: `estimator`'s advantages randomly permuted across each rollout, a
+    control run with the same data, advantage distribution and step sizes, but no link between an action
+    and its outcome."""
     generator = torch.Generator().manual_seed(seed)
 
-    def shuffled(*args, **kwargs):
-        advantages, returns = original(*args, **kwargs)
+    def shuffled(buffer, stats, config):
+        advantages, returns, spread = ADVANTAGE_ESTIMATORS[estimator](buffer, stats, config)
         order = torch.randperm(advantages.numel(), generator=generator)
-        return advantages.flatten()[order].view_as(advantages), returns
+        return advantages.flatten()[order].view_as(advantages), returns, spread
 
-    ppo_module.compute_gae = shuffled
-    try:
-        yield
-    finally:
-        ppo_module.compute_gae = original
+    return shuffled
 
 
 def plot_rollouts(run_dir: Path, path: Path, window: int = 10) -> None:
@@ -186,13 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         update_epochs=args.update_epochs, temperature=args.temperature, output_dir=args.output_dir / "ppo",
         checkpoint_every=1, resume=True, progress=False, num_threads=1, seed=0,
         critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
-        target_kl=args.target_kl, advantage=args.advantage, group_size=args.group_size,
+        target_kl=args.target_kl, group_size=args.group_size,
+        advantage=shuffled_advantages(args.advantage) if args.shuffle_advantages else args.advantage,
         sim_backend=args.sim_backend)
     if args.first_grasp_bonus:
         config.env_factory = with_first_grasp_bonus(default_env_factory(config, int(model.config.image_sizes[0])),
                                                     args.first_grasp_bonus)
-    with shuffled_advantages() if args.shuffle_advantages else nullcontext():
-        model = recover(model, rl=config)
+    model = recover(model, rl=config)
     ppo_seconds = time.time() - start
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)

@@ -248,3 +248,85 @@ def test_demos_and_evaluate_in_the_simulator(tmp_path):
     result = runner.invoke(app, ["evaluate", "tiny", *options])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["success_rate"] == {task: 0.0}
+
+
+
+@pytest.fixture
+def bad_files(tmp_path, pruned_dir) -> Path:
+    """The files the bad-input cases name, written into tmp_path."""
+    import shutil
+
+    (tmp_path / "list_config").mkdir()
+    (tmp_path / "list_config" / "config.json").write_text("[1, 2]")
+    shutil.copytree(pruned_dir, tmp_path / "mismatched")  # pruned weights beside a dense config.json
+    config = json.loads((tmp_path / "mismatched" / "config.json").read_text())
+    (tmp_path / "mismatched" / "config.json").write_text(json.dumps({**config, "llm_layer_widths": None}))
+    (tmp_path / "malformed.yaml").write_text("sft: [1, 2\n")
+    (tmp_path / "sft_list.yaml").write_text("sft: [1, 2]\n")
+    (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+PRUNE = ["prune", "tiny", "--ratio", "0.5", "--importance", "l2"]
+# name -> (arguments, with {tmp} the bad_files directory; what the one-line error must say)
+BAD_INPUT = {
+    "list-shaped config.json": (["info", "{tmp}/list_config"], "config.json holds a list"),
+    "weights not matching their config": (["info", "{tmp}/mismatched"], "does not match its config"),
+    "device bogus": (["info", "tiny", "--device", "bogus"], "device='bogus' is unknown; allowed: cpu"),
+    "device cuda without a GPU": (["info", "tiny", "--device", "cuda"], "allowed: cpu, meta (no CUDA device here)"),
+    "prune device cuda without a GPU": ([*PRUNE, "--device", "cuda:0", "-o", "{tmp}/p"], "device='cuda:0'"),
+    "recover malformed YAML": (["recover", "tiny", "--config", "{tmp}/malformed.yaml", "-o", "{tmp}/r"],
+                               "malformed.yaml' is not valid YAML"),
+    "recover sft list": (["recover", "tiny", "--config", "{tmp}/sft_list.yaml", "-o", "{tmp}/r"],
+                         "sft is a list; allowed: a mapping of SFTConfig fields"),
+    "rlrc malformed YAML": (["rlrc", "tiny", "--config", "{tmp}/malformed.yaml", "-o", "{tmp}/r"],
+                            "is not valid YAML"),
+    "rlrc sft list": (["rlrc", "tiny", "--config", "{tmp}/sft_list.yaml", "-o", "{tmp}/r"], "sft is a list"),
+    "rlrc device bogus": (["rlrc", "tiny", "--device", "bogus", "-o", "{tmp}/r"], "device='bogus'"),
+    "prune -o a file": ([*PRUNE, "-o", "{tmp}/a_file"], "a_file' exists and is not a directory"),
+    "prune -o under a file": ([*PRUNE, "-o", "{tmp}/a_file/out"], "cannot be created"),
+    "quantize -o a file": (["quantize", "tiny", "--bits", "8", "-o", "{tmp}/a_file"], "exists and is not a directory"),
+    "recover -o a file": (["recover", "tiny", "--sft-data", "{tmp}/empty", "-o", "{tmp}/a_file"],
+                          "exists and is not a directory"),
+    "profile -o a directory": (["profile", "tiny", "-o", "{tmp}"], "is a directory; allowed: a file path"),
+    "profile -o under a file": (["profile", "tiny", "-o", "{tmp}/a_file/p.json"], "p.json' cannot be written"),
+    "evaluate -o a directory": (["evaluate", "tiny", "-o", "{tmp}"], "is a directory; allowed: a file path"),
+    "demos into a file": (["demos", "{tmp}/a_file"], "exists and is not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_files_devices_and_outputs_exit_2_before_any_work(case, bad_files, monkeypatch):
+    """docs/cli.md: bad input exits with code 2 and one line, before a model is loaded or built."""
+    import torch
+
+    import vla_compress.cli
+    import vla_compress.data
+
+    args, message = BAD_INPUT[case]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # the same answer with or without a GPU
+    monkeypatch.setattr(vla_compress.data, "generate_demos", lambda *a, **k: pytest.fail("demos ran"))
+    if "-o" in args and "info" not in args:  # the output checks come first: no model is loaded
+        monkeypatch.setattr(vla_compress.cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = runner.invoke(app, [arg.replace("{tmp}", str(bad_files)) for arg in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert not (bad_files / "p").exists() and not (bad_files / "r").exists()
+
+
+def test_unwritable_output_exits_2_before_loading(tmp_path, monkeypatch):
+    """A read-only parent (faked: root may write anywhere) is refused before the model is loaded."""
+    import os
+
+    import vla_compress.cli
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    monkeypatch.setattr(vla_compress.cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for args in ([*PRUNE, "-o", str(tmp_path / "out")], ["quantize", "tiny", "-o", str(tmp_path / "out")],
+                 ["profile", "tiny", "-o", str(tmp_path / "p.json")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "is not writable" in result.output and len(result.output.strip().splitlines()) == 1

@@ -36,7 +36,13 @@ CASES = {
     "predict_action length mismatch": (
         lambda m: m.predict_action(np.zeros((2, 8, 8, 3), np.uint8), ["x"]), ValueError, "instructions"),
     "predict_action instructions not a list": (
-        lambda m: m.predict_action(np.zeros((1, 8, 8, 3), np.uint8), "x"), ValueError, "instructions"),
+        lambda m: m.predict_action(np.zeros((2, 8, 8, 3), np.uint8), "x"), ValueError, "instructions"),
+    "predict_action empty batch": (
+        lambda m: m.predict_action(np.zeros((0, 8, 8, 3), np.uint8), []), ValueError, "images is an empty batch"),
+    "processor instructions one string": (
+        lambda m: m.processor(np.zeros((1, 8, 8, 3), np.uint8), "x"), ValueError, "not one string"),
+    "load_vla unknown device": (lambda m: load_vla("tiny", device="gpu0"), ValueError, "device='gpu0' is unknown"),
+    "load_vla absent device": (lambda m: load_vla("tiny", device="cuda:99"), ValueError, "device='cuda:99'"),
     "prune ratio out of range": (lambda m: prune(m, ratio=1.5, importance="l2"), ValueError, "ratio"),
     "prune wrong ratio type": (lambda m: prune(m, ratio="half", importance="l2"), ValueError, "ratio"),
     "prune unknown importance": (lambda m: prune(m, ratio=0.5, importance="psychic"), ValueError, "importance"),

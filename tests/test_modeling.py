@@ -140,12 +140,20 @@ def test_upstream_forward_with_labels(tiny_model, images, instructions):
         (dict(images=np.zeros((2, 32, 32, 3), np.float32)), "uint8"),
         (dict(instructions=["only one"]), "instructions"),
         (dict(temperature=-1.0), "temperature"),
+        (dict(images=np.zeros((0, 32, 32, 3), np.uint8), instructions=[]), "images is an empty batch"),
+        (dict(instructions="a"), "instructions is one string for a batch of 2 images"),
+        (dict(instructions=[]), "instructions has 0 entries"),
     ],
 )
 def test_predict_action_rejects_bad_input(tiny_model, kwargs, match):
     args = {"images": np.zeros((2, 32, 32, 3), np.uint8), "instructions": ["a", "b"], **kwargs}
     with pytest.raises(ValueError, match=match):
         tiny_model.predict_action(**args)
+
+
+def test_predict_action_takes_a_lone_string_for_a_batch_of_one(tiny_model, images, instructions):
+    expected = tiny_model.predict_action(images[:1], instructions[:1])
+    np.testing.assert_array_equal(tiny_model.predict_action(images[:1], instructions[0]), expected)
 
 
 def test_unnorm_key_required_with_several_datasets(tiny_model, images, instructions):
@@ -169,6 +177,35 @@ def test_load_vla_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         preset_config("giant")
     assert "openvla-7b" in PRESETS
+
+
+def test_load_vla_pruned_weights_with_a_dense_config_raise_value_error(tmp_path):
+    """docs/errors.md: weights and config.json from different models are a ValueError, not transformers'
+    RuntimeError (and the model is not built with re-initialised layers)."""
+    from vla_compress import prune
+
+    prune(load_vla("tiny"), 0.5, importance="l2").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "llm_layer_widths": None}))
+    with pytest.raises(ValueError, match=r"checkpoint .* does not match its config: \d+ tensors have other shapes: "
+                                         r"language_model\.model\.layers\.1\."):
+        load_vla(tmp_path)
+
+
+def test_load_vla_rejects_a_config_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"name_or_path=.*config.json holds a list, not a JSON object"):
+        load_vla(tmp_path)
+
+
+def test_load_vla_rejects_unknown_and_absent_devices(monkeypatch):
+    with pytest.raises(ValueError, match=r"device='bogus' is unknown; allowed: cpu"):
+        load_vla("tiny", device="bogus")
+    with pytest.raises(ValueError, match=r"device='cuda:99' is not available; allowed: cpu"):
+        load_vla("tiny", device="cuda:99")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"device='cuda' is not available; allowed: cpu, meta \(no CUDA device here\)"):
+        load_vla("tiny", device="cuda")
 
 
 @pytest.mark.parametrize("quantized", [False, True])

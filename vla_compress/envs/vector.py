@@ -30,6 +30,13 @@ def check_reward_mode(reward_mode: str) -> None:
         raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
 
 
+def check_env_settings(reward_mode: str, sim_backend: str) -> None:
+    """Raise ValueError for a reward mode or simulator backend ``make_env`` does not offer."""
+    check_reward_mode(reward_mode)
+    if sim_backend not in SIM_BACKENDS:
+        raise ValueError(f"sim_backend must be one of {SIM_BACKENDS}, got {sim_backend!r}")
+
+
 def check_vulkan() -> None:
     """Raise RuntimeError with install instructions when SAPIEN sees no Vulkan device."""
     import sapien

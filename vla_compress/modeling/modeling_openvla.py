@@ -288,7 +288,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             raise RuntimeError("this model has no processor: load it with vla_compress.load_vla(...)")
         return self.processor
 
-    def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str],
+    def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str] | str,
                        unnorm_key: str | None = None, temperature: float = 0.0,
                        generator: torch.Generator | None = None) -> np.ndarray:
         """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32).

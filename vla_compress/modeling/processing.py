@@ -208,8 +208,8 @@ class OpenVLAProcessor:
         """Everything the model's forward needs for a batch."""
         pixel_values = self.pixel_values(images)
         if isinstance(instructions, str):
-            raise ValueError(f"instructions must be a list of strings, one per image, not one string: pass "
-                             f"[{instructions[:40]!r}] for a batch of one")
+            raise ValueError("instructions must be a list of strings, one per image, not one string "
+                             "(a batch of one image takes a list of one)")
         if len(instructions) != pixel_values.shape[0]:
             raise ValueError(
                 f"instructions has {len(instructions)} entries but images has {pixel_values.shape[0]}; "

@@ -53,7 +53,7 @@ from vla_compress.recovery.value_head import ActorCritic, ValueHead, load_value_
 logger = logging.getLogger(__name__)
 
 EnvFactory = Callable[[int], Any]  # seed -> gymnasium VectorEnv
-ADVANTAGES = ("gae", "group")
+ADVANTAGES = ("gae", "group")  # the estimators by name (ADVANTAGE_ESTIMATORS); a callable also works
 
 
 @dataclass
@@ -82,7 +82,7 @@ class PPOConfig:
     # "gae": the critic's GAE (RL4VLA). "group": every `group_size` envs start from the same state (same reset
     # seed) and all steps of an episode get its return minus its group's mean return (RLOO / GRPO's baseline):
     # the outcome of the actions is compared with other tries of the same layout, not with a critic's guess.
-    advantage: str = "gae"
+    advantage: str | Callable = "gae"  # "gae", "group", or an `AdvantageEstimator` callable
     group_size: int = 4  # envs per start state with advantage="group"
     # schedule
     total_env_steps: int = 600_000  # RLRC trains for 0.6M env steps
@@ -172,13 +172,11 @@ class PPOConfig:
             raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {self.dtype!r}")
         if self.env_factory is None:
             self._suite_and_tasks()
-        if self.advantage not in ADVANTAGES:
-            raise ValueError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
-        from vla_compress.envs.vector import SIM_BACKENDS, check_reward_mode
+        if not (callable(self.advantage) or self.advantage in ADVANTAGES):
+            raise ValueError(f"advantage must be one of {ADVANTAGES} or a callable estimator, got {self.advantage!r}")
+        from vla_compress.envs.vector import check_env_settings
 
-        check_reward_mode(self.reward_mode)
-        if self.sim_backend not in SIM_BACKENDS:
-            raise ValueError(f"sim_backend must be one of {SIM_BACKENDS}, got {self.sim_backend!r}")
+        check_env_settings(self.reward_mode, self.sim_backend)
         if self.advantage == "group" and self.sim_backend != "physx_cpu" and self.env_factory is None:
             # the suite draws layouts with torch.rand, which ManiSkill seeds once per GPU batch (episode seed 0):
             # the sub-envs of a group would not start alike
@@ -237,6 +235,42 @@ def group_advantages(episode_returns: torch.Tensor, group_size: int, episode_ste
     grouped = episode_returns.float().reshape(rounds, num_envs // group_size, group_size)
     advantages = (grouped - grouped.mean(-1, keepdim=True)).reshape(rounds, num_envs)
     return advantages.repeat_interleave(episode_steps, dim=0)
+
+
+# (buffer, rollout stats, config) -> (advantages [T, N], returns [T, N], share of informative groups or None)
+AdvantageEstimator = Callable[[RolloutBuffer, dict, "PPOConfig"],
+                              tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
+
+
+def gae_estimate(buffer: RolloutBuffer, stats: dict, config: PPOConfig
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """GAE advantages and returns; every rollout ends at an episode end (next value 0, next done 1)."""
+    num_envs = buffer.rewards.shape[1]
+    advantages, returns = compute_gae(buffer.rewards, buffer.values, buffer.dones, torch.zeros(num_envs),
+                                      torch.ones(num_envs), config.gamma, config.gae_lambda)
+    return advantages, returns, None
+
+
+def group_estimate(buffer: RolloutBuffer, stats: dict, config: PPOConfig
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Group-baseline advantages (episode return minus its group's mean); the critic still learns GAE's
+    returns (a diagnostic only). Also the share of groups whose tries ended differently."""
+    _, returns, _ = gae_estimate(buffer, stats, config)
+    episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
+    advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
+    spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
+    return advantages, returns, spread
+
+
+def estimate_advantages(buffer: RolloutBuffer, stats: dict, config: PPOConfig
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`config.advantage`'s estimator: a name in `ADVANTAGE_ESTIMATORS` or a callable of the same form
+    (e.g. a control that permutes the advantages, as benchmarks/ppo_tasks.py's shuffled run)."""
+    estimator = config.advantage if callable(config.advantage) else ADVANTAGE_ESTIMATORS[config.advantage]
+    return estimator(buffer, stats, config)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"gae": gae_estimate, "group": group_estimate}
 
 
 def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -550,21 +584,15 @@ def train_ppo(model, config: PPOConfig) -> Any:
                                     update_seed, accelerator.device)
             rollout_time = time.time() - start_time
 
-            # 2. advantages: every rollout ends at an episode end (next_done = 1)
-            next_value = torch.zeros(config.num_envs)
-            next_done = torch.ones(config.num_envs)
-            advantages, returns = compute_gae(buffer.rewards, buffer.values, buffer.dones, next_value, next_done,
-                                              config.gamma, config.gae_lambda)
+            # 2. advantages (the estimator chosen once, above) and the returns the critic regresses on
+            advantages, returns, spread = estimate_advantages(buffer, stats, config)
 
             # 3. PPO update
             # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
             signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
             group_metrics: dict[str, float] = {}
-            if config.advantage == "group":  # the critic still learns GAE's returns (a diagnostic only)
-                episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
-                advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
-                signal = signal and bool(advantages.any())  # some group's tries ended differently
-                spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
+            if spread is not None:  # group baseline: a start state whose tries all ended alike teaches nothing
+                signal = signal and bool(advantages.any())
                 group_metrics["charts/informative_groups"] = accelerator.reduce(  # all processes
                     spread.to(accelerator.device), reduction="mean").item()
             signal = any_process(accelerator, signal and update >= config.critic_warmup_updates)
