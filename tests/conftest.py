@@ -43,3 +43,12 @@ def images():
 @pytest.fixture
 def instructions():
     return ["put the red cube on the blue plate", "put the green cube on the yellow plate", "lift the cube"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine run fastest (and steadiest) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

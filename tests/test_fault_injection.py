@@ -28,12 +28,7 @@ TESTS = Path(__file__).parent
 SEED = 0  # draws the kill points
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:

@@ -17,13 +17,7 @@ from vla_compress.quantization.scope import default_filter, select_linears
 INSTRUCTIONS = ["put the red cube on the blue plate", "put the green cube on the yellow plate"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -68,20 +68,22 @@ def test_ppo_tasks_rejects_bad_flags(flag, value, message):
     assert done.returncode == 2 and message in done.stderr
 
 
-def test_ppo_tasks_shuffled_advantages_permute_and_restore(monkeypatch):
+def test_ppo_tasks_shuffled_advantages_permute_gae_and_keep_returns(monkeypatch):
+    """The control estimator permutes GAE's advantages and leaves the critic's returns and compute_gae alone."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import ppo_tasks
 
     from vla_compress.recovery import ppo
+    from vla_compress.recovery.rollout import RolloutBuffer
 
-    rewards, zeros = torch.arange(6.0).view(3, 2), torch.zeros(3, 2)
-    args = (rewards, zeros, zeros, torch.zeros(2), torch.ones(2), 0.0, 0.0)
-    plain, returns = ppo.compute_gae(*args)
-    with ppo_tasks.shuffled_advantages(seed=0):
-        shuffled, shuffled_returns = ppo.compute_gae(*args)
+    buffer = RolloutBuffer.allocate(3, 2, (4, 4, 3))
+    buffer.rewards = torch.arange(6.0).view(3, 2)
+    config = ppo.PPOConfig(gamma=0.0, gae_lambda=0.0)
+    plain, returns, _ = ppo.gae_estimate(buffer, {}, config)
+    shuffled, shuffled_returns, _ = ppo_tasks.shuffled_advantages("gae", seed=0)(buffer, {}, config)
     assert not torch.equal(shuffled, plain) and torch.equal(shuffled.flatten().sort().values, plain.flatten())
     assert torch.equal(shuffled_returns, returns)  # the critic still learns the true returns
-    assert torch.equal(ppo.compute_gae(*args)[0], plain)  # restored
+    assert torch.equal(ppo.gae_estimate(buffer, {}, config)[0], plain)  # nothing patched
 
 
 def test_ppo_tasks_first_grasp_bonus_pays_once_per_episode(monkeypatch):
