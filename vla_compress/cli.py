@@ -251,36 +251,10 @@ def quantize(
     typer.echo(f"saved the {bits}-bit ({method}) model to {output}")
 
 
-SECTIONS = {"sft": ("SFTConfig", "steps: 100"), "rl": ("PPOConfig", "total_env_steps: 1000")}  # field class, example
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML config file (`recover --config`, `rlrc --config`) as a mapping whose `sft:` / `rl:` sections,
-    when given, are mappings too; ValueError naming `config` otherwise."""
-    import yaml
-
-    if not path.is_file():
-        raise ValueError(f"config={str(path)!r} is not a file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"config={str(path)!r} is not valid YAML: {getattr(error, 'problem', None) or error}"
-                         f"{where}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config={str(path)!r} holds a {type(data).__name__}; allowed: a mapping of settings "
-                         "(sections sft:, rl:)")
-    for section, (fields, example) in SECTIONS.items():
-        value = data.get(section)
-        if value is not None and not isinstance(value, dict):
-            raise ValueError(f"config={str(path)!r}: {section} is a {type(value).__name__}; allowed: a mapping of "
-                             f"{fields} fields, e.g. {section}: {{{example}}}")
-    return data
-
-
 def read_yaml(path: Path | None) -> dict[str, Any]:
     """The `sft:` and `rl:` sections of a recovery config file (empty when no file)."""
+    from vla_compress.pipeline import SECTIONS, read_config_file
+
     if path is None:
         return {}
     data = read_config_file(path)
@@ -446,8 +420,6 @@ def rlrc(
         from vla_compress.pipeline import config_from_yaml, run_rlrc
 
         check_device(device)
-        if config is not None:
-            read_config_file(config)  # syntax and section shapes; config_from_yaml reads the settings
         settings = config_from_yaml(
             config, demos=demos, ratio=ratio, sft_steps=sft_steps, ppo_steps=ppo_steps, bits=bits,
             episodes=episodes, tasks=parse_tasks(tasks) if tasks else None, tasks_per_split=tasks_per_split,

@@ -40,6 +40,7 @@ import torch
 from vla_compress.data.demos import atomic_write_json
 from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD, resolve_tasks
 from vla_compress.evaluation import evaluate, profile, wilson_interval
+from vla_compress.recovery.validation import require_int
 
 BITS = (4, 8, 16)  # 16: no quantization
 EVAL_IMAGE_SIZE = 128  # the suite's camera frames
@@ -99,11 +100,10 @@ class RLRCConfig:
             raise ValueError(f"bits={self.bits!r} is not supported; allowed: {BITS} (16 = no quantization)")
         for name in ("episodes", "sft_steps", "calibration_samples", "episode_steps", "num_envs", "demo_episodes",
                      "profile_batch", "profile_iters"):
-            _require_int(name, getattr(self, name), 1)
-        _require_int("ppo_steps", self.ppo_steps, 0)
-        _require_int("seed", self.seed, 0)
-        if self.tasks_per_split is not None:
-            _require_int("tasks_per_split", self.tasks_per_split, 1)
+            require_int(name, getattr(self, name), 1)
+        require_int("ppo_steps", self.ppo_steps, 0)
+        require_int("seed", self.seed, 0)
+        require_int("tasks_per_split", self.tasks_per_split, 1, optional=True)
         self.eval_tasks()
         resolve_tasks(self.demo_tasks)
         from vla_compress.pruning import CRITERIA
@@ -167,6 +167,35 @@ class RLRCConfig:
         return json.loads(json.dumps(data, default=str))
 
 
+# the sections of a config file: (the config class whose fields they hold, an example)
+SECTIONS = {"sft": ("SFTConfig", "steps: 100"), "rl": ("PPOConfig", "total_env_steps: 1000")}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML config file (`recover --config`, `rlrc --config`) as a mapping whose `sft:` / `rl:` sections,
+    when given, are mappings too; ValueError naming `config` otherwise."""
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"config={str(path)!r} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"config={str(path)!r} is not valid YAML: {getattr(error, 'problem', None) or error}"
+                         f"{where}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config={str(path)!r} holds a {type(data).__name__}; allowed: a mapping of settings "
+                         "(sections sft:, rl:)")
+    for section, (fields, example) in SECTIONS.items():
+        value = data.get(section)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config={str(path)!r}: {section} is a {type(value).__name__}; allowed: a mapping of "
+                             f"{fields} fields, e.g. {section}: {{{example}}}")
+    return data
+
+
 def config_from_yaml(path: str | Path | None, **overrides: Any) -> RLRCConfig:
     """An `RLRCConfig` from a YAML file and `overrides` (None values are ignored, so the file's stay).
 
@@ -174,16 +203,7 @@ def config_from_yaml(path: str | Path | None, **overrides: Any) -> RLRCConfig:
     them, an `sft:` section (`SFTConfig` fields; `data` is the demo directory, `steps` the SFT steps) and
     an `rl:` section (`PPOConfig` fields; `total_env_steps` is the PPO steps). Unknown keys are an error.
     """
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config={str(path)!r} is not a file")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config={str(path)!r} must be a mapping of settings")
+    data = read_config_file(Path(path)) if path is not None else {}
     sft, rl = dict(data.pop("sft", None) or {}), dict(data.pop("rl", None) or {})
     for section, key, target in ((sft, "data", "demos"), (sft, "steps", "sft_steps"), (rl, "total_env_steps",
                                                                                         "ppo_steps")):
@@ -569,11 +589,6 @@ def spread_samples(dataset, count: int) -> list[dict[str, Any]]:
         raise ValueError(f"calibration_samples={count} is invalid; allowed: a positive int")
     step = max(1, len(dataset) // count)
     return [dataset[i] for i in range(0, len(dataset), step)][:count]
-
-
-def _require_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= {low}")
 
 
 def _section(cls: type, values: dict[str, Any], owned: dict[str, str | None], section: str) -> dict[str, Any]:
