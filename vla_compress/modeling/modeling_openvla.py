@@ -8,7 +8,7 @@ action-token rows when decoding, and exposes the per-token log-probs and critic 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,13 +19,29 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerScale
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, StaticCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .action_tokenizer import ACTION_DIM, unnormalize_actions
 from .config import OpenVLAConfig
 from .processing import _as_image_batch
 from .widths import current_layer_widths, resize_decoder_layers
+
+# How `generate_action_indices` decodes (see its docstring; docs/benchmarks.md, "Decode path", has
+# the latencies: on a CPU "static" alone is no faster than "dynamic", so "dynamic" stays the default).
+DECODE_PATHS = ("dynamic", "static", "compiled")
+# `decode="compiled"` rounds the static cache up to a multiple of this many slots, so prompts of
+# nearby lengths share one compiled graph (the extra slots are masked out).
+COMPILED_CACHE_MULTIPLE = 32
+# One step: (chosen action indices [B]) -> action logits [B, n_bins] after feeding them back.
+DecodeStep = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_decode(decode: str) -> None:
+    """Raise a ValueError naming `decode` unless it is one of `DECODE_PATHS`."""
+    if decode not in DECODE_PATHS:
+        raise ValueError(f"decode={decode!r} is unknown; allowed: {DECODE_PATHS}")
 
 
 class ScaleFactorLayerScale(nn.Module):
@@ -148,6 +164,8 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         resize_decoder_layers(self.language_model, config.llm_layer_widths)
         self.processor = None  # an OpenVLAProcessor, attached by load_vla / from_pretrained
+        self._compiled_steps: dict[str, Callable[..., torch.Tensor]] = {}  # decode="compiled", per device type
+        self._held_caches: dict[tuple, StaticCache] = {}  # decode="compiled", per batch and cache shape
         self.post_init()
 
     # ---- embeddings ----------------------------------------------------------------------------------
@@ -230,19 +248,30 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
     @torch.no_grad()
     def generate_action_indices(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                                 attention_mask: torch.Tensor | None = None, temperature: float = 0.0,
-                                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                                generator: torch.Generator | None = None,
+                                decode: str = "dynamic") -> dict[str, torch.Tensor]:
         """Decode 7 action tokens for a mid-padded batch with a KV cache.
 
         Returns `action_indices [B, 7]` (index into the action vocabulary), their `log_probs [B]` under
         the sampling temperature (1.0 when greedy), and `critic_features [B, hidden]`.
+
+        `decode` chooses the loop, all three giving the same actions: "dynamic" (default) grows a
+        `DynamicCache` and the mask by one column per step; "static" fills a KV cache and an attention
+        mask allocated once for the prompt + the fed-back tokens (no concatenation, no per-step mask);
+        "compiled" runs the static loop's decode step through `torch.compile` (CUDA graphs on a GPU):
+        the first call of each batch size and prompt-length bucket compiles, and its caches stay on the
+        model for reuse.
         """
+        check_decode(decode)
         embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
-        backbone, first = self.language_model.model, self.action_token_ids.start
-        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True)
-        critic_features = out.last_hidden_state[:, -1]
+        if decode == "dynamic":
+            critic_features, logits, step = self._dynamic_decoder(embeds, mask, position_ids)
+        else:
+            critic_features, logits, step = self._static_decoder(embeds, mask, position_ids, decode == "compiled")
         indices, logits_seen = [], []
-        for step in range(ACTION_DIM):
-            logits = self._action_logits(out.last_hidden_state[:, -1]).float()
+        for i in range(ACTION_DIM):
+            if i:
+                logits = step(indices[-1])
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 index = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -250,17 +279,96 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                 index = logits.argmax(dim=-1)
             indices.append(index)
             logits_seen.append(logits)
-            if step == ACTION_DIM - 1:
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            out = backbone(inputs_embeds=self.get_input_embeddings()(index + first).unsqueeze(1),
-                           attention_mask=mask, position_ids=position_ids, cache=out.cache, use_cache=True)
         action_indices = torch.stack(indices, dim=1)
         log_probs, _ = self.action_token_log_probs(
             torch.stack(logits_seen, dim=1), action_indices, temperature if temperature > 0 else 1.0
         )
         return {"action_indices": action_indices, "log_probs": log_probs, "critic_features": critic_features}
+
+    def _token_embeds(self, action_indices: torch.Tensor) -> torch.Tensor:
+        """Input embeddings `[B, 1, hidden]` of one action token per row."""
+        return self.get_input_embeddings()(action_indices + self.action_token_ids.start).unsqueeze(1)
+
+    def _dynamic_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
+        """Prefill with a `DynamicCache`; each step concatenates a mask column and the new keys/values."""
+        backbone = self.language_model.model
+        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        cache, positions = out.cache, position_ids[:, -1:]
+
+        def step(index: torch.Tensor) -> torch.Tensor:
+            nonlocal mask, positions
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions + 1
+            hidden = backbone(inputs_embeds=self._token_embeds(index), attention_mask=mask, position_ids=positions,
+                              cache=cache, use_cache=True).last_hidden_state
+            return self._action_logits(hidden[:, -1]).float()
+
+        last = out.last_hidden_state[:, -1]
+        return last, self._action_logits(last).float(), step
+
+    def _static_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+                        compiled: bool) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
+        """Prefill into a `StaticCache`; each step writes one cache slot and reads one row of a mask built once.
+
+        transformers' `StaticCache` serves pruned models as it is: each layer allocates its keys/values
+        from the shape of its first keys (`StaticLayer.lazy_initialization`), so per-layer KV heads need
+        no sizes from the config. Slots are columns shared by the batch: mid-padded rows all end at the
+        prompt's last column, and positions still come from each row's mask.
+        """
+        backbone = self.language_model.model
+        if backbone.config._attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"decode='static' and 'compiled' need the LM's attn_implementation 'sdpa' or 'eager', "
+                             f"got {backbone.config._attn_implementation!r}; use decode='dynamic'")
+        batch, length = mask.shape
+        slots = length + ACTION_DIM - 1  # the prompt + 6 fed-back tokens (the 7th is never fed back)
+        if compiled:
+            slots = -(-slots // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
+        cache = self._held_cache(batch, slots, embeds) if compiled else StaticCache(backbone.config, slots)
+        # [B, 1, slots, slots] causal + padding mask, in the form of the attention implementation
+        full = create_causal_mask(config=backbone.config, inputs_embeds=embeds.new_empty(batch, slots, 0),
+                                  attention_mask=torch.cat([mask, mask.new_ones(batch, slots - length)], dim=1),
+                                  cache=None, allow_is_causal_skip=False)
+        out = backbone(inputs_embeds=embeds, attention_mask=full[:, :, :length], position_ids=position_ids,
+                       cache=cache, use_cache=True)
+        positions = position_ids[:, -1:] + torch.arange(1, ACTION_DIM, device=position_ids.device)
+        decode_step = self._compiled_decode_step(embeds.device) if compiled else self._decode_step
+        fed = 0
+
+        def step(index: torch.Tensor) -> torch.Tensor:
+            nonlocal fed
+            slot = length + fed
+            logits = decode_step(index, positions[:, fed:fed + 1], full[:, :, slot:slot + 1], cache)
+            fed += 1
+            return logits.clone() if compiled else logits  # CUDA graphs overwrite their outputs on replay
+
+        last = out.last_hidden_state[:, -1]
+        return last, self._action_logits(last).float(), step
+
+    def _decode_step(self, index: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+                     cache: StaticCache) -> torch.Tensor:
+        """Action logits `[B, n_bins]` after feeding back `index [B]` (what `decode="compiled"` compiles)."""
+        hidden = self.language_model.model(inputs_embeds=self._token_embeds(index), attention_mask=mask,
+                                           position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
+        return self._action_logits(hidden[:, -1]).float()
+
+    def _compiled_decode_step(self, device: torch.device) -> Callable[..., torch.Tensor]:
+        """`torch.compile` of `_decode_step`, made once per device type (CUDA graphs on a GPU)."""
+        if device.type not in self._compiled_steps:
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self._compiled_steps[device.type] = torch.compile(self._decode_step, mode=mode, dynamic=False)
+        return self._compiled_steps[device.type]
+
+    def _held_cache(self, batch: int, slots: int, embeds: torch.Tensor) -> StaticCache:
+        """A `StaticCache` kept per shape and reset for reuse: compiled graphs (and CUDA graphs) keep its
+        addresses. The key has the KV heads of each layer, so pruning after a call gets a new cache."""
+        kv_heads = tuple(width["num_key_value_heads"] for width in current_layer_widths(self.language_model))
+        key = (batch, slots, embeds.dtype, embeds.device, kv_heads)
+        if key in self._held_caches:
+            self._held_caches[key].reset()
+        else:
+            self._held_caches[key] = StaticCache(self.language_model.model.config, slots)
+        return self._held_caches[key]
 
     def action_indices_to_token_ids(self, action_indices: torch.Tensor) -> torch.Tensor:
         return action_indices + self.action_token_ids.start
@@ -290,13 +398,15 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
 
     def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str] | str,
                        unnorm_key: str | None = None, temperature: float = 0.0,
-                       generator: torch.Generator | None = None) -> np.ndarray:
+                       generator: torch.Generator | None = None, decode: str = "dynamic") -> np.ndarray:
         """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32).
 
         `instructions` is a list of B strings; a lone string is accepted for a batch of one image
-        (`images[None]` and `"pick up the cube"`). An empty batch is a ValueError."""
+        (`images[None]` and `"pick up the cube"`). An empty batch is a ValueError. `decode` is
+        `generate_action_indices`' ("dynamic", "static" or "compiled")."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_decode(decode)
         if self.config.norm_stats:  # fail before any compute
             unnormalize_actions(np.zeros(ACTION_DIM, np.float32), self.config.norm_stats, unnorm_key)
         images = _as_image_batch(images)
@@ -307,7 +417,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             instructions = [instructions]
         batch = self._processor()(images, instructions)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator)
+        decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator, decode=decode)
         return self.decode_actions(decoded["action_indices"], unnorm_key, normalized=not self.config.norm_stats)
 
     # ---- persistence -----------------------------------------------------------------------------------
