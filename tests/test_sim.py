@@ -38,6 +38,8 @@ def test_bad_arguments_raise():
         make_env(suite="libero_nope")
     with pytest.raises(ValueError, match="num_envs"):
         make_env(num_envs=0)
+    with pytest.raises(ValueError, match="camera must be one of .*'front'.*'workspace'"):
+        make_env(camera="top")
     with pytest.raises(ValueError, match="unknown task"):
         make_env(tasks=["pink_cube_on_red_plate"])
     with pytest.raises(ValueError, match="reward_mode must be one of"):
@@ -51,6 +53,31 @@ def test_reset_and_step_rgb(env):
     assert env_info(env, info, "instruction") == [instruction(TASK)]
     obs, reward, terminated, truncated, info = env.step(HOLD_OPEN)
     assert obs["image"].shape == (1, 48, 48, 3) and reward.shape == (1,)
+
+
+def test_keypoints_and_colours_point_at_the_objects():
+    """info's image keypoints land on pixels of each object's colour; object_colours names them."""
+    from vla_compress.envs.tasks import COLOUR_NAMES, COLOURS
+
+    envs = make_env(tasks=[TASK], num_envs=1, image_size=128, seed=0)
+    try:
+        obs, info = envs.reset(seed=3)
+        image = np.asarray(obs["image"][0], dtype=np.float32) / 255.0
+        keypoints = np.asarray(info["keypoints"]).reshape(5, 2)
+        colours = np.asarray(info["object_colours"]).reshape(4).astype(int)
+        assert colours[0] == COLOUR_NAMES.index("red") and colours[2] == COLOUR_NAMES.index("blue")
+        assert colours[1] != colours[0] and colours[3] != colours[2]
+        for (u, v), colour in zip(keypoints[:4], colours):
+            assert 0.0 < u < 1.0 and 0.0 < v < 1.0
+            pixel = image[int(v * 128), int(u * 128)]
+            # rendered colours are shaded and lit: compare chroma directions (colour minus its grey part)
+            palette = np.array([COLOURS[c][:3] for c in COLOUR_NAMES])
+            chroma = palette - palette.min(1, keepdims=True)
+            seen = pixel - pixel.min()
+            cosine = chroma @ seen / (np.linalg.norm(chroma, axis=1) * np.linalg.norm(seen))
+            assert cosine.argmax() == colour
+    finally:
+        envs.close()
 
 
 def _place_cube_on(env, plate_name: str):

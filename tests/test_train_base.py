@@ -18,7 +18,7 @@ import train_base  # noqa: E402
 
 SMOKE = ["--episodes-per-task", "1", "--steps", "3", "--dagger-rounds", "1", "--dagger-episodes", "1",
          "--dagger-steps", "2", "--eval-episodes", "1", "--tasks-limit", "1", "--checkpoint-every", "2",
-         "--warmup", "1", "--batch-size", "4", "--threads", "1", "--no-ship"]
+         "--warmup", "1", "--batch-size", "4", "--threads", "1", "--layouts-per-task", "2", "--no-ship"]
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--dagger-rounds", "-1"),
@@ -42,10 +42,46 @@ def test_smoothed_action_loss_is_lowest_at_the_target_and_orders_near_misses():
 def test_aux_targets_add_the_offsets_the_expert_acts_on():
     import numpy as np
 
-    state = np.arange(11, dtype=np.float32)[None]
+    state = np.arange(25, dtype=np.float32)[None]
     aux = train_base.aux_targets(state)
     assert aux.shape == (1, train_base.AUX_DIM)
+    np.testing.assert_allclose(aux[0, :11], state[0, :11])  # physical state only: no keypoints or colours
     np.testing.assert_allclose(aux[0, 11:14], state[0, 3:6] - state[0, 0:3])  # cube - tcp
+
+
+def test_dense_targets_peak_in_the_patch_of_each_object_in_its_colour_channel():
+    # target cube red (0) at the top-left patch, other cube blue (2), target plate green (1) -> channel 6,
+    # other plate red (0) -> channel 5, TCP -> channel 10; 4 x 4 grid
+    keypoints = torch.tensor([[0.1, 0.1, 0.9, 0.1, 0.1, 0.9, 0.9, 0.9, 0.6, 0.4]])
+    colours = torch.tensor([[0, 2, 1, 0]])
+    target = train_base.dense_targets(keypoints, colours, grid=4).view(4, 4, -1)  # [v, u, channel]
+    for (row, col), channel in (((0, 0), 0), ((0, 3), 2), ((3, 0), 6), ((3, 3), 5), ((1, 2), 10)):
+        assert target[:, :, channel].argmax() == row * 4 + col
+    assert target[:, :, [1, 3, 4, 7, 8, 9]].max() == 0  # colours no object has stay empty
+    assert target.max() <= 1.0
+
+
+def test_batch_moves_keypoints_with_the_image_shift():
+    import numpy as np
+
+    from vla_compress.modeling import build_model, preset_config
+
+    model = build_model(preset_config("tiny-policy"))
+    data = train_base.TrainSet(model, norm_stats={})
+    size = model.processor.image_sizes[0]
+    data.images = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    data.images[0, 40, 70] = 255  # one white pixel at (u, v) = (70.5, 40.5) / size
+    data.keypoints = torch.tensor([[70.5, 40.5] * 5]) / size
+    tokens = model.processor.tokenize(["put the red cube on the blue plate"], np.zeros((1, 7), np.float32))
+    data.input_ids, data.attention_mask = tokens["input_ids"], tokens["attention_mask"]
+    data.aux, data.colours = torch.zeros(1, train_base.AUX_DIM), torch.zeros(1, 4, dtype=torch.long)
+    for seed in range(5):
+        batch = data.batch(model, np.array([0]), np.random.default_rng(seed))
+        image = batch["pixel_values"][0, 0]  # normalised channel 0: the white pixel is its maximum
+        v, u = divmod(int(image.argmax()), size)
+        assert torch.allclose(batch["keypoints"][0, :2] * size, torch.tensor([u + 0.5, v + 0.5]))
+        words = batch["input_ids"][0, batch["colour_words"][0]]
+        assert model.processor.tokenizer.convert_ids_to_tokens(words.tolist()) == ["red", "blue"]
 
 
 @pytest.mark.sim
@@ -56,7 +92,7 @@ def test_recipe_runs_every_stage_and_resumes_without_recomputing(tmp_path):
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     card = json.loads((tmp_path / "final" / "model_card.json").read_text())
-    assert set(card["stage_seconds"]) == {"demos", "train_0", "dagger_1", "train_1", "eval"}
+    assert set(card["stage_seconds"]) == {"demos", "layouts", "train_0", "dagger_1", "train_1", "eval"}
     assert card["success"]["ind"]["episodes"] == 1 and card["success"]["ood"]["episodes"] == 1
     low, high = card["success"]["ind"]["wilson95"]
     assert 0.0 <= low <= card["success"]["ind"]["rate"] <= high <= 1.0

@@ -451,6 +451,8 @@ def evaluate(
     image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
+    camera: Annotated[str, typer.Option(help="ManiSkill base view the policy was trained on: front or workspace.")
+                      ] = "front",
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
@@ -466,6 +468,9 @@ def evaluate(
     with user_errors():
         check_device(device)
         check_output_file(output)
+        from vla_compress.envs.tasks import check_camera
+
+        check_camera(camera)
         loaded = load_model(model, device, dtype)
         result = evaluate_policy(
             loaded,
@@ -478,6 +483,7 @@ def evaluate(
             max_episode_steps=max_episode_steps,
             unnorm_key=unnorm_key,
             output=output,
+            camera=camera,
         )
     for name, rate in (
         ("IND", result.ind_success_rate),

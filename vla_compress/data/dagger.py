@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vla_compress.data.demos import atomic_write_json, record_task_file, to_numpy
-from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
+from vla_compress.envs.tasks import ALL_TASKS, DEFAULT_CAMERA, instruction, resolve_tasks
 
 
 def collect_dagger(
@@ -28,13 +28,14 @@ def collect_dagger(
     image_size: int = 128,
     max_episode_steps: int | None = None,
     progress: bool = True,
+    camera: str = DEFAULT_CAMERA,
 ) -> dict[str, Any]:
     """Roll out ``policy`` (``predict_action(images, instructions) -> [B, 7]``) ``episodes_per_task`` times
     per task and write the visited states with the expert's actions to ``out_dir``.
 
     ``expert_mix`` is DAgger's beta: the probability, per step and env, of executing the expert's action
     instead of the learner's. Episode seeds are ``seed * 1_000_000 + task index * 10_000 + k``: keep
-    ``seed`` apart from the demonstrations' and the evaluation's. Returns (and writes to
+    ``seed`` apart from the demonstrations' and the evaluation's; ``camera`` is ``make_env``'s. Returns (and writes to
     ``summary.json``) the learner's success rate per task on these rollouts.
     """
     from vla_compress.data.expert import ScriptedExpert
@@ -51,7 +52,8 @@ def collect_dagger(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
-    envs = make_env(tasks=tasks, num_envs=num_workers, image_size=image_size, max_episode_steps=max_steps)
+    envs = make_env(tasks=tasks, num_envs=num_workers, image_size=image_size, max_episode_steps=max_steps,
+                    camera=camera)
     expert = ScriptedExpert(num_workers)
     summary: dict[str, Any] = {}
     bar = tqdm(total=len(tasks) * episodes_per_task, desc="dagger", disable=not progress)
@@ -68,7 +70,7 @@ def collect_dagger(
 
             stats = record_task_file(out / f"{task}.hdf5", envs, expert, task, seed, learner, episodes_per_task,
                                      max_steps, keep_failures=True, bar=bar, image_size=image_size,
-                                     expert_mix=expert_mix)
+                                     expert_mix=expert_mix, camera=camera)
             summary[task] = {"episodes": stats["attempts"], "successes": stats["successes"],
                              "seconds": stats["seconds"]}
             bar.set_postfix(learner_success=f"{stats['successes'] / stats['attempts']:.2f}")

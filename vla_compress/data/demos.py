@@ -8,9 +8,11 @@ Dataset layout (a directory):
             rgb      [T,H,W,3] uint8    camera image before each action (lzf-compressed)
             actions  [T,7]     float32  expert action: xyz delta, rotation delta, gripper (-1 closed, +1 open)
             proprio  [T,9]     float32  TCP pose (xyz, wxyz) and the two finger joint positions
-            state    [T,11]    float32  privileged state (STATE_FIELDS): TCP, target cube and plate
-                                        positions, finger opening, target cube grasped (for training-only
-                                        auxiliary losses; absent in files written before it existed)
+            state    [T,25]    float32  privileged state (STATE_FIELDS): TCP, target cube and plate
+                                        positions, finger opening, target cube grasped, image keypoints
+                                        (u, v in [0, 1]) of both cubes, both plates and the TCP, colour
+                                        indices of both cubes and plates (for training-only auxiliary
+                                        losses; files written before 2026-12-01 have the first 11 or none)
             attrs: task, instruction, success (bool), seed
     <out_dir>/norm_stats.json        OpenVLA form: {dataset_name: {"action": {mean,std,max,min,q01,q99,mask},
                                      "proprio": {...}, "num_transitions", "num_trajectories"}}
@@ -32,12 +34,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vla_compress.data.hdf5_files import ProcessLocalFiles
-from vla_compress.envs.tasks import ALL_TASKS, instruction, resolve_tasks
+from vla_compress.envs.tasks import ALL_TASKS, DEFAULT_CAMERA, instruction, resolve_tasks
 
 DATASET_NAME = "maniskill_put_cube_on_plate"
 ACTION_MASK = [True] * 6 + [False]
 # Privileged simulator state recorded beside each frame: (info key, width) in column order.
-STATE_FIELDS = (("tcp_pos", 3), ("cube_pos", 3), ("plate_pos", 3), ("gripper_width", 1), ("is_grasped", 1))
+STATE_FIELDS = (("tcp_pos", 3), ("cube_pos", 3), ("plate_pos", 3), ("gripper_width", 1), ("is_grasped", 1),
+                ("keypoints", 10), ("object_colours", 4))
 STATE_DIM = sum(width for _, width in STATE_FIELDS)
 
 
@@ -151,11 +154,13 @@ def generate_demos(
     max_attempts_per_task: int | None = None,
     dataset_name: str = DATASET_NAME,
     progress: bool = True,
+    camera: str = DEFAULT_CAMERA,
 ) -> dict[str, Any]:
     """Write ``episodes_per_task`` successful expert episodes per task to ``out_dir`` (layout: module doc).
 
     Failed episodes are dropped. ``noise_std`` adds Gaussian noise to the executed xyz action while the
-    clean expert action is recorded (DART-style), so the data contains recovery states. Returns a summary
+    clean expert action is recorded (DART-style), so the data contains recovery states. ``camera`` is
+    :func:`~vla_compress.envs.make_env`'s. Returns a summary
     with attempts, successes, expert success rate and seconds per task, also written to ``summary.json``.
     """
     from vla_compress.data.expert import ScriptedExpert
@@ -171,7 +176,7 @@ def generate_demos(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     envs = make_env(tasks=tasks, num_envs=num_workers, image_size=image_size,
-                    max_episode_steps=max_episode_steps)
+                    max_episode_steps=max_episode_steps, camera=camera)
     max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
     expert = ScriptedExpert(num_workers)
     summary: dict[str, Any] = {}
@@ -186,7 +191,8 @@ def generate_demos(
                 return executed
 
             summary[task] = record_task_file(out / f"{task}.hdf5", envs, expert, task, seed, noisy, episodes_per_task,
-                                             max_steps, max_attempts=max_attempts, bar=bar, image_size=image_size)
+                                             max_steps, max_attempts=max_attempts, bar=bar, image_size=image_size,
+                                             camera=camera)
             bar.set_postfix(expert_success=f"{summary[task]['successes'] / summary[task]['attempts']:.2f}")
     finally:
         bar.close()

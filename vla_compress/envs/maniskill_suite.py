@@ -3,7 +3,8 @@
 A Panda arm, a target cube, a distractor cube, a target plate and a distractor plate on a table.
 Colours are set per episode from the task; positions are randomised over six slots with jitter.
 Reward per step: 1.0 while the target cube rests, released, on the target plate; 0.1 while it is
-grasped; else 0. ``info["success"]`` is the 1.0 condition.
+grasped; else 0. ``info["success"]`` is the 1.0 condition. ``info`` also carries privileged state for
+experts and training-only losses: positions, the objects' image keypoints and colours.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from mani_skill.utils.scene_builder.table import TableSceneBuilder
 from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.pose import Pose
 
-from vla_compress.envs.tasks import ALL_TASKS, COLOUR_NAMES, COLOURS, instruction, parse_task
+from vla_compress.envs.tasks import (
+    ALL_TASKS,
+    CAMERAS,
+    COLOUR_NAMES,
+    COLOURS,
+    DEFAULT_CAMERA,
+    check_camera,
+    instruction,
+    parse_task,
+)
 
 ENV_ID = "PutCubeOnPlate-v1"
 DEFAULT_EPISODE_STEPS = 60
@@ -51,21 +61,23 @@ class PutCubeOnPlateEnv(BaseEnv):
         tasks: list[str] | tuple[str, ...] = ALL_TASKS,
         robot_uids: str = "panda",
         robot_init_qpos_noise: float = 0.02,
+        camera: str = DEFAULT_CAMERA,
         **kwargs,
     ):
         for task in tasks:
             parse_task(task)
+        check_camera(camera)
+        self.camera = camera
         self.task_pool = list(tasks)
         self.robot_init_qpos_noise = robot_init_qpos_noise
         self.task_ids: torch.Tensor | None = None
+        self.colour_ids: torch.Tensor | None = None  # [B, 4]: target cube, other cube, target plate, other plate
         super().__init__(*args, robot_uids=robot_uids, **kwargs)
 
     @property
     def _default_sensor_configs(self):
-        # A low frontal view: gripper height and finger opening are visible (a top-down view hides both,
-        # and the first tiny-maniskill trained on it never learned when to descend or close).
-        pose = sapien_utils.look_at(eye=[0.45, 0.0, 0.38], target=[-0.1, 0.0, 0.04])
-        return [CameraConfig("base_camera", pose, 128, 128, 0.9, 0.01, 100)]
+        eye, target, fov = CAMERAS[self.camera]
+        return [CameraConfig("base_camera", sapien_utils.look_at(eye=eye, target=target), 128, 128, fov, 0.01, 100)]
 
     @property
     def _default_human_render_camera_configs(self):
@@ -102,6 +114,8 @@ class PutCubeOnPlateEnv(BaseEnv):
             if self.task_ids is None:
                 self.task_ids = torch.zeros(self.num_envs, dtype=torch.long)
             self.task_ids[env_idx] = self._choose_tasks(env_idx, options)
+            if self.colour_ids is None:
+                self.colour_ids = torch.zeros(self.num_envs, 4, dtype=torch.long)
             self._apply_colours(env_idx)
 
             slots = torch.argsort(torch.rand(b, len(_SLOTS)), dim=1)[:, :4]
@@ -137,6 +151,7 @@ class PutCubeOnPlateEnv(BaseEnv):
             cube, plate = (COLOUR_NAMES.index(c) for c in parse_task(ALL_TASKS[int(self.task_ids[i])]))
             other_cube = (cube + 1 + int(torch.randint(n - 1, ()))) % n
             other_plate = (plate + 1 + int(torch.randint(n - 1, ()))) % n
+            self.colour_ids[i] = torch.tensor([cube, other_cube, plate, other_plate])
             for actor, colour in ((self.cube, cube), (self.distractor_cube, other_cube),
                                   (self.plate, plate), (self.distractor_plate, other_plate)):
                 render_body = actor._objs[i].find_component_by_type(sapien.render.RenderBodyComponent)
@@ -167,7 +182,23 @@ class PutCubeOnPlateEnv(BaseEnv):
             cube_pos=cube_p,
             plate_pos=plate_p,
             gripper_width=self.agent.robot.get_qpos()[:, -2:].sum(dim=1),
+            keypoints=self.keypoints(),
+            object_colours=(self.colour_ids if self.colour_ids is not None
+                            else torch.zeros(self.num_envs, 4, dtype=torch.long)).float(),
         )
+
+    def keypoints(self) -> torch.Tensor:
+        """[B, 10]: (u, v) in [0, 1] of the base camera's image for the target cube, the other cube, the
+        target plate, the other plate and the TCP (u rightwards, v downwards)."""
+        points = torch.stack([a.pose.p for a in (self.cube, self.distractor_cube, self.plate, self.distractor_plate)]
+                             + [self.agent.tcp_pose.p], dim=1)  # [B, 5, 3]
+        camera = self._sensors["base_camera"]
+        params = camera.get_params()
+        extrinsic, intrinsic = params["extrinsic_cv"].to(points), params["intrinsic_cv"].to(points)
+        in_camera = points @ extrinsic[:, :, :3].transpose(1, 2) + extrinsic[:, None, :, 3]
+        pixels = in_camera @ intrinsic.transpose(1, 2)
+        size = torch.tensor([camera.config.width, camera.config.height], dtype=points.dtype, device=points.device)
+        return (pixels[..., :2] / pixels[..., 2:] / size).flatten(1)
 
     def _get_obs_extra(self, info: dict):
         return dict(tcp_pose=self.agent.tcp_pose.raw_pose)

@@ -11,6 +11,22 @@ COLOURS: dict[str, tuple[float, float, float, float]] = {
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
+# Base-camera views, (eye, target, vertical fov in rad): both low and frontal, so gripper height and finger
+# opening are visible (a top-down view hides both, and the first tiny-maniskill trained on it never
+# learned when to descend or close). "workspace" is framed on the object slots: a cube spans ~10 of 128
+# pixels (~6 in "front").
+CAMERAS: dict[str, tuple[list[float], list[float], float]] = {
+    "front": ([0.45, 0.0, 0.38], [-0.1, 0.0, 0.04], 0.9),
+    "workspace": ([0.30, 0.0, 0.36], [-0.06, 0.0, 0.02], 1.0),
+}
+DEFAULT_CAMERA = "front"
+
+
+def check_camera(camera: str) -> None:
+    """Raise ValueError naming `camera` unless it is one of `CAMERAS`."""
+    if camera not in CAMERAS:
+        raise ValueError(f"camera must be one of {tuple(CAMERAS)}, got {camera!r}")
+
 
 def task_name(cube: str, plate: str) -> str:
     """The task id for putting the `cube`-coloured cube on the `plate`-coloured plate."""

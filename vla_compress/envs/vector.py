@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from vla_compress.envs.libero import LIBERO_SUITES, make_libero_env
-from vla_compress.envs.tasks import instruction, resolve_tasks
+from vla_compress.envs.tasks import DEFAULT_CAMERA, check_camera, instruction, resolve_tasks
 
 SUITES = ("maniskill", *LIBERO_SUITES)
 SIM_BACKENDS = ("physx_cpu", "physx_cuda")
@@ -120,19 +120,19 @@ class BatchedTaskInfo(gym.vector.VectorWrapper):
 
 def _make_single(
     tasks: list[str], image_size: int, max_episode_steps: int, index: int, seed: int | None, sim_backend: str,
-    reward_mode: str,
+    reward_mode: str, camera: str,
 ) -> gym.Env:
     """Build one CPU sub-env (runs inside the worker process)."""
     os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
-    env = _gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs=1)
+    env = _gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs=1, camera=camera)
     env = CPUGymWrapper(PolicyObservation(env), ignore_terminations=True, record_metrics=True)
     return TaskInfo(env, index, seed)
 
 
 def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_backend: str, reward_mode: str,
-              num_envs: int):
+              num_envs: int, camera: str):
     import vla_compress.envs.maniskill_suite as suite
 
     try:
@@ -140,6 +140,7 @@ def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_bac
             suite.ENV_ID,
             num_envs=num_envs,
             tasks=tasks,
+            camera=camera,
             obs_mode="rgb",
             control_mode=CONTROL_MODE,
             reward_mode=reward_mode,
@@ -163,6 +164,7 @@ def make_env(
     max_episode_steps: int | None = None,
     sim_backend: str = "physx_cpu",
     reward_mode: str = "dense",
+    camera: str = DEFAULT_CAMERA,
 ) -> gym.vector.VectorEnv:
     """A vectorised env of ``num_envs`` sub-envs, each running one of ``tasks`` per episode.
 
@@ -174,7 +176,8 @@ def make_env(
     after ``max_episode_steps``. ``physx_cpu`` uses ``AsyncVectorEnv`` (spawn) over ``CPUGymWrapper``
     workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU). ``reward_mode``: "dense"
     (RLRC's eq. 6: 1.0 per step while the cube rests on the plate, 0.1 while it is grasped) or "sparse"
-    (the 1.0 term only).
+    (the 1.0 term only). ``camera``: the ManiSkill suite's base view, "front" or "workspace" (closer,
+    framed on the objects; see ``maniskill_suite.CAMERAS``).
 
     ``suite="libero_spatial"`` or ``"libero_10"`` returns :func:`~vla_compress.envs.libero.make_libero_env`
     (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'
@@ -193,6 +196,7 @@ def make_env(
         raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
     if sim_backend not in SIM_BACKENDS:
         raise ValueError(f"sim_backend must be one of {SIM_BACKENDS}, got {sim_backend!r}")
+    check_camera(camera)
     max_episode_steps = DEFAULT_EPISODE_STEPS if max_episode_steps is None else max_episode_steps
     if max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps!r}")
@@ -202,7 +206,8 @@ def make_env(
     if sim_backend == "physx_cuda":
         from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
-        env = PolicyObservation(_gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs))
+        env = PolicyObservation(_gym_make(tasks, image_size, max_episode_steps, sim_backend, reward_mode, num_envs,
+                                          camera))
         envs = ManiSkillVectorEnv(env, num_envs, ignore_terminations=True, record_metrics=True)
         envs = BatchedTaskInfo(envs)
         if seed is not None:
@@ -211,7 +216,7 @@ def make_env(
 
     fns = [
         partial(_make_single, tasks, image_size, max_episode_steps, i,
-                None if seed is None else seed + i, sim_backend, reward_mode)
+                None if seed is None else seed + i, sim_backend, reward_mode, camera)
         for i in range(num_envs)
     ]
     if num_envs == 1:

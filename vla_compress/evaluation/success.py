@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from vla_compress.envs.tasks import ALL_TASKS, TASKS_IND, TASKS_OOD, resolve_tasks
+from vla_compress.envs.tasks import ALL_TASKS, DEFAULT_CAMERA, TASKS_IND, TASKS_OOD, resolve_tasks
 
 
 class ActionPolicy(Protocol):
@@ -113,6 +113,7 @@ def evaluate(
     progress: bool = True,
     output: str | Path | None = None,
     envs: Any | None = None,
+    camera: str = DEFAULT_CAMERA,
 ) -> EvalResult:
     """Roll ``policy`` out on every task ``episodes_per_task`` times across ``num_envs`` parallel workers.
 
@@ -131,7 +132,8 @@ def evaluate(
     Writes JSON to ``output`` when given. ``envs``: an open vector env to run in, from ``make_env`` with this
     suite, tasks, image size and ``max_episode_steps``; its worker count replaces ``num_envs`` and it is left
     open, so one env serves several evaluations (building one renders its first frame, seconds on a CPU).
-    None: one is built and closed.
+    None: one is built and closed. ``camera``: the ManiSkill suite's base view ("front" or "workspace"),
+    the one the policy was trained on.
     """
     from vla_compress.envs import make_env
 
@@ -144,7 +146,9 @@ def evaluate(
     own_envs = envs is None
     if own_envs:
         num_envs = min(num_envs, len(jobs))
-        envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps)
+        make_kwargs = {"camera": camera} if suite == "maniskill" else {}
+        envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps,
+                        **make_kwargs)
     else:
         num_envs = envs.num_envs
     episodes: list[dict[str, Any]] = []

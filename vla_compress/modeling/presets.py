@@ -43,11 +43,12 @@ PRESETS: dict[str, dict] = {
         pad_token_id=512, llm_max_length=512,
     ),
     # The architecture of the shipped `tiny-maniskill` (benchmarks/train_base.py, docs/model_card.md):
-    # one DINOv2-style ViT (128 wide, 8 x 8 patches of 14 px at 112 px) and an 8-layer Llama 128 wide,
-    # 2.8M parameters, 67% in the LM: sized for training from scratch on a 2-core CPU.
+    # one DINOv2-style ViT (128 wide, 8 x 8 patches of 16 px at the suite's 128 px renders, so frames are
+    # never resized) and an 8-layer Llama 128 wide, 2.8M parameters, 67% in the LM: sized for training
+    # from scratch on a 2-core CPU.
     "tiny-policy": dict(
-        vision_backbone_id="dinov2-vit-l-224px", image_sizes=[112],
-        timm_kwargs=[dict(embed_dim=128, depth=4, num_heads=4, patch_size=14)],
+        vision_backbone_id="dinov2-vit-l-224px", image_sizes=[128],
+        timm_kwargs=[dict(embed_dim=128, depth=4, num_heads=4, patch_size=16)],
         text_config=_small_llama(hidden=128, layers=8, heads=4, kv_heads=4, mlp=384),
         pad_token_id=512, llm_max_length=512,
     ),

@@ -59,18 +59,30 @@ def resize_images(batch: torch.Tensor, size: int, max_value: float) -> torch.Ten
     return resized.clamp_(0.0, max_value)
 
 
-def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06) -> torch.Tensor:
+def shift_offsets(rng: np.random.Generator, batch: int, height: int, pad_fraction: float = 0.06
+                  ) -> tuple[int, np.ndarray]:
+    """(pad, offsets `[B, 2]` (row, column) into the padded image) that `shift_images` draws from `rng`.
+
+    Image content moves by `pad - offsets` pixels (down, right): training losses on image positions
+    shift their targets with it."""
+    pad = max(1, int(round(pad_fraction * height)))
+    return pad, rng.integers(0, 2 * pad + 1, size=(batch, 2))
+
+
+def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06,
+                 offsets: np.ndarray | None = None) -> torch.Tensor:
     """Shift each image of a uint8 `[B, H, W, 3]` tensor by up to `pad_fraction` of its size, on its device.
 
     OpenVLA's crop augmentation as a shift: edge (replicate) padding, then a random crop back to the input
     size; the offsets come from `rng`, so host batches (`OpenVLAProcessor.batch`) and device-resident ones
-    (`ResidentDemos`) draw the same shifts for the same generator.
+    (`ResidentDemos`) draw the same shifts for the same generator. `offsets` (from `shift_offsets`) are
+    used instead of drawing when given.
     """
     batch, height, width, _ = images.shape
-    pad = max(1, int(round(pad_fraction * height)))
+    pad, drawn = shift_offsets(rng, batch, height, pad_fraction)
+    offsets = torch.as_tensor(drawn if offsets is None else offsets, device=images.device)
     # replicate-pad needs a float NCHW tensor; values stay integers, so the uint8 round trip is exact
     padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.as_tensor(rng.integers(0, 2 * pad + 1, size=(batch, 2)), device=images.device)
     ys = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
     xs = offsets[:, 1:] + torch.arange(width, device=images.device)  # [B, W]
     b = torch.arange(batch, device=images.device)[:, None, None]
