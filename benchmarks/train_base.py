@@ -205,6 +205,9 @@ class StageClock:
 AUX_DIM = PHYSICAL.stop + 9  # aux_targets' columns
 DENSE_CHANNELS = 2 * len(COLOUR_NAMES) + 1  # a cube of each colour, a plate of each colour, the TCP
 HEATMAP_SIGMA = 0.6  # patches
+# The image keypoints spread ~0.2 around the image centre: centred and scaled by this, a guess of the mean
+# costs ~1 in MSE, as the standardised state targets do, so the loss weights compare.
+KEYPOINT_SCALE = 0.2
 
 
 def make_heads(hidden: int) -> nn.ModuleDict:
@@ -253,11 +256,12 @@ def auxiliary_losses(heads: nn.ModuleDict, captured: Captured, out_actions, batc
     rows = torch.arange(len(batch["aux"]))
     n_patches = captured.visual.shape[1]
     words = captured.hidden[rows[:, None], batch["colour_words"] + n_patches]  # text follows BOS + patches
-    goals = batch["keypoints"].view(-1, 5, 2)[:, [0, 2]]  # target cube, target plate
+    goals = (batch["keypoints"].view(-1, 5, 2)[:, [0, 2]] - 0.5) / KEYPOINT_SCALE  # target cube, target plate
+    maps = dense_targets(batch["keypoints"], batch["colours"], grid)
+    # summed over the channels: a mean over mostly-empty maps would make the loss ~0.05 whatever is learned
+    dense = F.binary_cross_entropy_with_logits(heads["dense"](captured.visual), maps, reduction="none").sum(-1)
     return {"aux": F.mse_loss(heads["state"](out_actions.critic_features), batch["aux"]),
-            "dense": F.binary_cross_entropy_with_logits(
-                heads["dense"](captured.visual), dense_targets(batch["keypoints"], batch["colours"], grid)),
-            "ground": F.mse_loss(heads["ground"](words), goals)}
+            "dense": dense.mean(), "ground": F.mse_loss(heads["ground"](words), goals)}
 
 
 def smoothed_action_loss(action_logits: torch.Tensor, target_index: torch.Tensor, sigma: float) -> torch.Tensor:
