@@ -37,11 +37,19 @@ def test_profile_fields_and_bytes(tiny):
 @pytest.mark.parametrize("kwargs, name", [
     ({"batch_size": 0}, "batch_size"), ({"warmup": -1}, "warmup"), ({"iters": 0}, "iters"),
     ({"image_size": 0}, "image_size"), ({"seed": -1}, "seed"), ({"iters": 2.5}, "iters"),
-    ({"device": "cuda"}, "device"), ({"device": "nonsense"}, "device"),
+    ({"device": "cuda"}, "device"), ({"device": "nonsense"}, "device"), ({"decode": "fast"}, "decode"),
 ])
 def test_profile_rejects_bad_arguments(tiny, kwargs, name):
     with pytest.raises(ValueError, match=name):
         profile(tiny, **kwargs)
+
+
+def test_profile_times_the_chosen_decode_path(tiny, monkeypatch):
+    seen = []
+    original = tiny.predict_action
+    monkeypatch.setattr(tiny, "predict_action", lambda *a, **k: seen.append(k.get("decode")) or original(*a, **k))
+    result = profile(tiny, batch_size=2, warmup=1, iters=2, image_size=64, decode="static")
+    assert result.decode == "static" and seen == ["static"] * 6  # (1 warm-up + 2 timed) at batch 1 and 2
 
 
 def test_profile_rejects_non_policy():

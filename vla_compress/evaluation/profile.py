@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vla_compress.envs.tasks import ALL_TASKS, instruction
+from vla_compress.modeling.modeling_openvla import check_decode
 from vla_compress.modeling.size import component_sizes
 
 
@@ -49,6 +50,7 @@ class ProfileResult:
     image_size: int
     torch_threads: int
     latencies_ms: list[float] = field(default_factory=list)
+    decode: str = "dynamic"  # predict_action's decode path
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,15 +86,16 @@ def _inputs(batch: int, image_size: int, rng: np.random.Generator) -> tuple[np.n
 
 
 def _timed_calls(model, device: torch.device, batch: int, warmup: int, iters: int, image_size: int,
-                 rng: np.random.Generator) -> list[float]:
+                 rng: np.random.Generator, decode: str) -> list[float]:
     """Seconds per `predict_action` call, fresh random inputs each call (inputs built outside the timer)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    options = {} if decode == "dynamic" else {"decode": decode}  # policies without decode= still profile
     times = []
     for i in range(warmup + iters):
         images, texts = _inputs(batch, image_size, rng)
         sync()
         start = time.perf_counter()
-        model.predict_action(images, texts)
+        model.predict_action(images, texts, **options)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -105,13 +108,16 @@ def _peak_rss_bytes() -> int:
 
 
 def profile(model: torch.nn.Module, batch_size: int = 8, warmup: int = 3, iters: int = 20,
-            device: str | torch.device | None = None, image_size: int = 128, seed: int = 0) -> ProfileResult:
+            device: str | torch.device | None = None, image_size: int = 128, seed: int = 0,
+            decode: str = "dynamic") -> ProfileResult:
     """Profile `model.predict_action`: bytes, peak memory, batch-1 latency (median, p90), throughput.
 
     `device` None uses the model's device; otherwise it must be the model's device type.
-    `image_size` is the camera frame size fed to the processor (the suite renders 128 px).
+    `image_size` is the camera frame size fed to the processor (the suite renders 128 px). `decode` is
+    `predict_action`'s ("dynamic", "static" or "compiled": compile time falls in the warm-up calls).
     """
     _validate(batch_size, warmup, iters, image_size, seed)
+    check_decode(decode)
     if not callable(getattr(model, "predict_action", None)):
         raise ValueError("model must have predict_action(images, instructions)")  # noqa: TRY004
     device = _model_device(model, device)
@@ -124,8 +130,8 @@ def profile(model: torch.nn.Module, batch_size: int = 8, warmup: int = 3, iters:
     model.eval()
     try:
         with torch.inference_mode():
-            single = _timed_calls(model, device, 1, warmup, iters, image_size, rng)
-            batched = _timed_calls(model, device, batch_size, warmup, iters, image_size, rng)
+            single = _timed_calls(model, device, 1, warmup, iters, image_size, rng, decode)
+            batched = _timed_calls(model, device, batch_size, warmup, iters, image_size, rng, decode)
     finally:
         model.train(was_training)
     if device.type == "cuda":
@@ -144,5 +150,5 @@ def profile(model: torch.nn.Module, batch_size: int = 8, warmup: int = 3, iters:
         throughput_batch1=len(single) / sum(single),
         throughput_batch=batch_size * len(batched) / sum(batched),
         batch_size=batch_size, warmup=warmup, iters=iters, image_size=image_size,
-        torch_threads=torch.get_num_threads(), latencies_ms=latencies,
+        torch_threads=torch.get_num_threads(), latencies_ms=latencies, decode=decode,
     )
