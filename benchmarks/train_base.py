@@ -177,7 +177,7 @@ class TrainSet:
         images = self.images[rows]
         size = images.shape[1]
         pad, offsets = shift_offsets(np.random.default_rng(rng.integers(2**63)), len(rows), size)
-        shifted = shift_images(images, np.random.default_rng(0), offsets=offsets)
+        shifted = shift_images(images, None, offsets=offsets)
         moved = np.ascontiguousarray(pad - offsets[:, ::-1]) / size  # (u, v) order
         moved = torch.as_tensor(moved, dtype=torch.float32).repeat(1, 5)
         input_ids = self.input_ids[rows]

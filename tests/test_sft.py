@@ -196,6 +196,10 @@ def test_shift_images_is_an_edge_padded_random_crop():
     offsets = np.random.default_rng(4).integers(0, 2 * pad + 1, size=(3, 2))
     expected = np.stack([padded[i, dy:dy + 16, dx:dx + 16] for i, (dy, dx) in enumerate(offsets)])
     assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    given = shift_images(torch.from_numpy(images), None, offsets=offsets).numpy()  # no generator needed
+    assert np.array_equal(given, expected)
+    with pytest.raises(ValueError, match="rng or offsets"):
+        shift_images(torch.from_numpy(images), None)
 
 
 def test_resident_demos_rejects_empty_samples():

@@ -146,9 +146,8 @@ def evaluate(
     own_envs = envs is None
     if own_envs:
         num_envs = min(num_envs, len(jobs))
-        make_kwargs = {"camera": camera} if suite == "maniskill" else {}
         envs = make_env(suite, tasks=tasks, num_envs=num_envs, image_size=image_size, max_episode_steps=steps,
-                        **make_kwargs)
+                        camera=camera)
     else:
         num_envs = envs.num_envs
     episodes: list[dict[str, Any]] = []

@@ -59,28 +59,37 @@ def resize_images(batch: torch.Tensor, size: int, max_value: float) -> torch.Ten
     return resized.clamp_(0.0, max_value)
 
 
+def _shift_pad(height: int, pad_fraction: float) -> int:
+    return max(1, int(round(pad_fraction * height)))
+
+
 def shift_offsets(rng: np.random.Generator, batch: int, height: int, pad_fraction: float = 0.06
                   ) -> tuple[int, np.ndarray]:
     """(pad, offsets `[B, 2]` (row, column) into the padded image) that `shift_images` draws from `rng`.
 
     Image content moves by `pad - offsets` pixels (down, right): training losses on image positions
     shift their targets with it."""
-    pad = max(1, int(round(pad_fraction * height)))
+    pad = _shift_pad(height, pad_fraction)
     return pad, rng.integers(0, 2 * pad + 1, size=(batch, 2))
 
 
-def shift_images(images: torch.Tensor, rng: np.random.Generator, pad_fraction: float = 0.06,
+def shift_images(images: torch.Tensor, rng: np.random.Generator | None, pad_fraction: float = 0.06,
                  offsets: np.ndarray | None = None) -> torch.Tensor:
     """Shift each image of a uint8 `[B, H, W, 3]` tensor by up to `pad_fraction` of its size, on its device.
 
     OpenVLA's crop augmentation as a shift: edge (replicate) padding, then a random crop back to the input
     size; the offsets come from `rng`, so host batches (`OpenVLAProcessor.batch`) and device-resident ones
-    (`ResidentDemos`) draw the same shifts for the same generator. `offsets` (from `shift_offsets`) are
-    used instead of drawing when given.
+    (`ResidentDemos`) draw the same shifts for the same generator. Given `offsets` (from `shift_offsets`),
+    nothing is drawn and `rng` may be None.
     """
     batch, height, width, _ = images.shape
-    pad, drawn = shift_offsets(rng, batch, height, pad_fraction)
-    offsets = torch.as_tensor(drawn if offsets is None else offsets, device=images.device)
+    if offsets is None:
+        if rng is None:
+            raise ValueError("shift_images needs rng or offsets; got neither")
+        pad, offsets = shift_offsets(rng, batch, height, pad_fraction)
+    else:
+        pad = _shift_pad(height, pad_fraction)
+    offsets = torch.as_tensor(offsets, device=images.device)
     # replicate-pad needs a float NCHW tensor; values stay integers, so the uint8 round trip is exact
     padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
     ys = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
