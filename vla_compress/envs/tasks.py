@@ -13,8 +13,8 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
 # Base-camera views, (eye, target, vertical fov in rad): both low and frontal, so gripper height and finger
 # opening are visible (a top-down view hides both, and the first tiny-maniskill trained on it never
-# learned when to descend or close). "workspace" is framed on the object slots: a cube spans ~10 of 128
-# pixels (~6 in "front").
+# learned when to descend or close). "workspace" is closer and framed on the object slots, so the
+# objects fill more of the image.
 CAMERAS: dict[str, tuple[list[float], list[float], float]] = {
     "front": ([0.45, 0.0, 0.38], [-0.1, 0.0, 0.04], 0.9),
     "workspace": ([0.30, 0.0, 0.36], [-0.06, 0.0, 0.02], 1.0),
