@@ -284,8 +284,11 @@ class Stages:
 
     # measurements
     def measure(self, key: str, load: Callable[[], Any], evaluation: bool = True, profiling: bool = True,
-                sparsity: bool = False) -> dict:
-        """Evaluation, profile and (if `sparsity`) the LLM's zero fraction of one model, each cached as JSON."""
+                sparsity: bool = False, profile_episode: Callable[[], dict] | None = None) -> dict:
+        """Evaluation, profile and (if `sparsity`) the LLM's zero fraction of one model, each cached as JSON.
+
+        `profile_episode` gives a recorded episode for `profile(episode=...)` (a stateful policy such as
+        VLA-Cache is profiled on consecutive frames); it is called only when the profile is computed."""
         holder: dict[str, Any] = {}
 
         def model():
@@ -306,12 +309,26 @@ class Stages:
             result["profile"] = self.cached_json(
                 self.out / "profile" / f"{key}.json", f"profile {key}", lambda: profile(
                     model(), batch_size=preset.profile_batch, warmup=preset.profile_warmup,
-                    iters=preset.profile_iters, image_size=128, seed=self.args.seed).to_dict())
+                    iters=preset.profile_iters, image_size=128, seed=self.args.seed,
+                    episode=profile_episode() if profile_episode is not None else None).to_dict())
         if sparsity:
             result["sparsity"] = self.cached_json(self.out / "sparsity" / f"{key}.json", f"sparsity {key}",
                                                   lambda: {"llm_sparsity": llm_sparsity(model())})
         holder.clear()
         return result
+
+
+def recorded_episode(data: DemoDataset) -> dict:
+    """The first episode of a demo dataset as `{"images": uint8 [T, H, W, 3], "instruction": str}`, the
+    consecutive frames `profile(episode=...)` replays."""
+    first = data[0]
+    frames = [first["image"]]
+    for i in range(1, len(data)):
+        item = data[i]
+        if (item["task"], item["episode"]) != (first["task"], first["episode"]):
+            break
+        frames.append(item["image"])
+    return {"images": np.stack(frames), "instruction": first["instruction"]}
 
 
 # the structured pruning methods of the sparsity sweeps (Table II's figures, fig2.py, fig4.py): name, prune() settings

@@ -5,6 +5,8 @@ random weights (no download, no simulator) in the compression states of the pape
 
 - dense;  dense + 8-bit (LLM.int8) and + 4-bit (NF4);  LLM-Pruner 20% (block pruning, no recovery);
 - RLRC: block pruning 90% (SFT and PPO change the values only, not the shapes);  RLRC-4bit: 90% + NF4.
+- VLA-Cache: the dense model as `VLACachePolicy` (training-free KV reuse of static visual tokens), profiled
+  on a synthetic episode instead of random frames (its speed depends on how much of each frame stays still).
 
 Each row is built fresh (same seed), transformed, profiled by `vla_compress.evaluation.profile` (random
 128 px frames, warm-up calls, then timed `predict_action` calls at batch 1 and at `--batch-size`) and
@@ -26,15 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from report import fmt, machine, machine_line, ratio, table, versions, write_json
 
-from vla_compress import load_vla, prune, quantize
+from vla_compress import VLACachePolicy, load_vla, prune, quantize
 from vla_compress.evaluation import profile
 
 # row key -> (method as in the paper's table, pruning ratio or None, quantization bits or None)
 ROWS: dict[str, tuple[str, float | None, int | None]] = {
     "dense": ("dense base", None, None),
+    "vla_cache": ("VLA-Cache (dense, synthetic episode)", None, None),
     "dense_8bit": ("dense + 8-bit (LLM.int8)", None, 8),
     "dense_4bit": ("dense + 4-bit (NF4)", None, 4),
     "llm_pruner20": ("LLM-Pruner 20% (no recovery)", 0.2, None),
@@ -63,18 +67,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def compress(model: torch.nn.Module, sparsity: float | None, bits: int | None, dtype: str,
+             round_to: int | None = None, low_bit: str = "bnb") -> torch.nn.Module:
+    """Block-prune `model` to `sparsity` (data-free l2: the same shapes as Taylor), then quantize its LM
+    to `bits` with `low_bit` ("bnb": LLM.int8 / NF4; "quanto": weight-only int8 / int4)."""
+    if sparsity is not None:
+        prune(model, ratio=sparsity, importance="l2", method="block", round_to=round_to)
+    if bits is not None and low_bit == "quanto":
+        quantize(model, bits=bits, method="quanto")
+    elif bits == 8:
+        quantize(model, bits=8, method="bnb")
+    elif bits == 4:
+        quantize(model, bits=4, method="bnb", quant_type="nf4", compute_dtype=dtype)
+    return model
+
+
 def build_row(key: str, args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
     """The model of row `key` on `args.device`, and the seconds its compression took."""
     _, sparsity, bits = ROWS[key]
     model = load_vla(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
     start = time.perf_counter()
-    if sparsity is not None:
-        prune(model, ratio=sparsity, importance="l2", method="block", round_to=args.round_to)
-    if bits == 8:
-        quantize(model, bits=8, method="bnb")
-    elif bits == 4:
-        quantize(model, bits=4, method="bnb", quant_type="nf4", compute_dtype=args.dtype)
+    compress(model, sparsity, bits, args.dtype, args.round_to)
     return model, time.perf_counter() - start
+
+
+def moving_block_episode(seed: int, frames: int = 30, size: int = 128) -> dict:
+    """Consecutive frames without a simulator, for the VLA-Cache row: a still random background and a
+    24 px white block moving 3 px to the right per frame (a stand-in for the arm)."""
+    images = np.repeat(np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8), frames, 0)
+    for t in range(frames):
+        images[t, 52:76, 8 + 3 * t:32 + 3 * t] = 255
+    return {"images": images, "instruction": "put the red cube on the blue plate"}
 
 
 def release_memory() -> None:
@@ -89,23 +112,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for key in args.rows:
         print(f"[table3_hardware {time.strftime('%H:%M:%S')}] {key}: building", flush=True)
-        model = None
+        model = policy = None
         try:
             model, seconds = build_row(key, args)
-            prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
-                           image_size=128, seed=args.seed).to_dict()
+            policy = VLACachePolicy(model) if key == "vla_cache" else None
+            prof = profile(model if policy is None else policy, batch_size=args.batch_size, warmup=args.warmup,
+                           iters=args.iters, image_size=128, seed=args.seed,
+                           episode=None if policy is None else moving_block_episode(args.seed)).to_dict()
         except (RuntimeError, ValueError, ImportError) as error:  # report the row as not measured, go on
             print(f"  {key} failed: {error!r}", flush=True)
             rows.append({"key": key, "method": ROWS[key][0], "error": repr(error)})
             continue
         finally:  # the next row is built with this one gone
-            del model
+            del model, policy
             release_memory()
         rows.append({"key": key, "method": ROWS[key][0], "memory_gb": prof["model_bytes"] / 1e9,
                      "peak_memory_gb": prof["peak_memory_bytes"] / 1e9, "peak_memory_kind": prof["peak_memory_kind"],
                      "latency_ms": prof["latency_ms_median"], "latency_ms_p90": prof["latency_ms_p90"],
                      "throughput": prof["throughput_batch1"], "throughput_batch": prof["throughput_batch"],
                      "params": prof["params"], "compress_seconds": seconds, "dtype": prof["dtype"]})
+        if prof["policy_info"] is not None:  # VLA-Cache: what it was fed and how much it reused
+            rows[-1].update(inputs=prof["inputs"], reused_fraction=prof["policy_info"]["reused_fraction"])
         print(f"  {rows[-1]['memory_gb']:.2f} GB, {rows[-1]['latency_ms']:.1f} ms, "
               f"{rows[-1]['throughput']:.1f} actions/s", flush=True)
     dense = next((r for r in rows if r["key"] == "dense" and "error" not in r), None)
@@ -139,6 +166,10 @@ def markdown(result: dict) -> str:
                  fmt(r["latency_ms"]), fmt(r["latency_ms_vs_dense"], 2), fmt(r["throughput"]),
                  fmt(r["throughput_vs_dense"], 2), fmt(r["throughput_batch"]), fmt(r["throughput_batch_vs_dense"], 2)]
                  for r in result["rows"]]),
+        *[f"\n- {r['method']}: profiled on a synthetic episode ({r['inputs']}); it reused "
+          f"{r['reused_fraction']:.1%} of the visual tokens' layer computations (random weights: the attention "
+          "statistics that steer the reuse are not a trained model's)"
+          for r in result["rows"] if "reused_fraction" in r],
     ]) + "\n"
 
 

@@ -26,7 +26,9 @@ def test_table3_hardware_rows_on_tiny(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "table3_hardware.json").read_text())
     rows = {r["key"]: r for r in result["rows"]}
-    assert list(rows) == ["dense", "dense_8bit", "dense_4bit", "llm_pruner20", "rlrc", "rlrc_4bit"]
+    assert list(rows) == ["dense", "vla_cache", "dense_8bit", "dense_4bit", "llm_pruner20", "rlrc", "rlrc_4bit"]
+    assert rows["vla_cache"]["memory_gb"] == rows["dense"]["memory_gb"]  # the dense weights, plus a cache
+    assert "episode frames" in rows["vla_cache"]["inputs"] and 0 <= rows["vla_cache"]["reused_fraction"] <= 1
     assert rows["dense"]["memory_gb_vs_dense"] == 1.0
     # pruning and quantization shrink the stored bytes, in the expected order
     assert rows["rlrc_4bit"]["memory_gb"] < rows["rlrc"]["memory_gb"] < rows["llm_pruner20"]["memory_gb"]

@@ -6,6 +6,8 @@ from .modeling import (
     OpenVLAConfig,
     OpenVLAForActionPrediction,
     OpenVLAProcessor,
+    VLACacheConfig,
+    VLACachePolicy,
     component_sizes,
 )
 from .pruning import BlockPruning, FlapPruning, MagnitudePruning, PruneReport, WandaPruning, prune
@@ -16,5 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ActionTokenizer", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "MagnitudePruning",
     "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig", "PruneReport", "QuantoConfig",
-    "SFTConfig", "WandaPruning", "component_sizes", "load_vla", "prune", "quantize", "recover",
+    "SFTConfig", "VLACacheConfig", "VLACachePolicy", "WandaPruning", "component_sizes", "load_vla", "prune",
+    "quantize", "recover",
 ]

@@ -118,7 +118,9 @@ def evaluate(
     """Roll ``policy`` out on every task ``episodes_per_task`` times across ``num_envs`` parallel workers.
 
     ``policy`` has ``predict_action(images uint8 [B,H,W,3], instructions list[str], unnorm_key) -> [B,7]``
-    or is a callable with that signature. Results are reproducible for a deterministic policy:
+    or is a callable with that signature; row b of every call is worker b's current episode. A stateful
+    policy (one with ``reset()``, such as ``VLACachePolicy``) is reset whenever the workers start new
+    episodes, before their first frames. Results are reproducible for a deterministic policy:
 
     - ``suite="maniskill"``: ``tasks`` is 'ind', 'ood', 'all' or task ids; episode ``k`` of a task always
       uses the same env seed; episodes last 60 steps unless ``max_episode_steps`` is given.
@@ -143,6 +145,7 @@ def evaluate(
     predict = getattr(policy, "predict_action", policy)
     if not callable(predict):
         raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
+    reset_policy = getattr(policy, "reset", None)  # a stateful policy forgets the last episodes
     own_envs = envs is None
     if own_envs:
         num_envs = min(num_envs, len(jobs))
@@ -157,6 +160,8 @@ def evaluate(
             batch = jobs[start:start + num_envs]
             batch += [batch[-1]] * (num_envs - len(batch))  # pad the last round; padded results dropped
             obs, info = envs.reset(seed=[j[2] for j in batch], options={"tasks": [j[0] for j in batch]})
+            if callable(reset_policy):
+                reset_policy()
             init_states = info.get("init_state")  # LIBERO only
             success_step = np.full(num_envs, -1)
             returns = np.zeros(num_envs)

@@ -8,11 +8,12 @@ from .modeling_openvla import ACTION_DIM, OpenVLAForActionPrediction
 from .presets import PRESETS, preset_config
 from .processing import OpenVLAProcessor, prompt_for
 from .size import component_sizes
+from .vla_cache import VLACacheConfig, VLACachePolicy
 
 register()
 
 __all__ = [
     "ACTION_DIM", "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PRESETS",
     "build_model", "component_sizes", "normalize_actions", "preset_config", "prompt_for",
-    "register", "resolve_device", "resolve_dtype", "unnormalize_actions",
+    "register", "resolve_device", "resolve_dtype", "unnormalize_actions", "VLACacheConfig", "VLACachePolicy",
 ]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerScale
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, StaticCache
+from transformers import AutoModelForCausalLM, Cache, PreTrainedModel, StaticCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -36,6 +36,9 @@ DECODE_PATHS = ("dynamic", "static", "compiled")
 COMPILED_CACHE_MULTIPLE = 32
 # One step: (chosen action indices [B]) -> action logits [B, n_bins] after feeding them back.
 DecodeStep = Callable[[torch.Tensor], torch.Tensor]
+# A replacement of decode="dynamic"'s prompt pass: (embeds, mask, position_ids) -> (last position's final
+# hidden state [B, hidden], the prompt's KV cache); VLA-Cache's cached prefill is one (vla_cache.py).
+Prefill = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Cache]]
 
 
 def check_decode(decode: str) -> None:
@@ -249,7 +252,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
     def generate_action_indices(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                                 attention_mask: torch.Tensor | None = None, temperature: float = 0.0,
                                 generator: torch.Generator | None = None,
-                                decode: str = "dynamic") -> dict[str, torch.Tensor]:
+                                decode: str = "dynamic", prefill: Prefill | None = None) -> dict[str, torch.Tensor]:
         """Decode 7 action tokens for a mid-padded batch with a KV cache.
 
         Returns `action_indices [B, 7]` (index into the action vocabulary), their `log_probs [B]` under
@@ -260,12 +263,14 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         mask allocated once for the prompt + the fed-back tokens (no concatenation, no per-step mask);
         "compiled" runs the static loop's decode step through `torch.compile` (CUDA graphs on a GPU):
         the first call of each batch size and prompt-length bucket compiles, and its caches stay on the
-        model for reuse.
+        model for reuse. `prefill` (decode="dynamic" only) replaces the prompt pass, see `Prefill`.
         """
         check_decode(decode)
+        if prefill is not None and decode != "dynamic":
+            raise ValueError(f"prefill= needs decode='dynamic', got decode={decode!r}")
         embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
         if decode == "dynamic":
-            critic_features, logits, step = self._dynamic_decoder(embeds, mask, position_ids)
+            critic_features, logits, step = self._dynamic_decoder(embeds, mask, position_ids, prefill)
         else:
             critic_features, logits, step = self._static_decoder(embeds, mask, position_ids, decode == "compiled")
         indices, logits_seen = [], []
@@ -289,12 +294,17 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         """Input embeddings `[B, 1, hidden]` of one action token per row."""
         return self.get_input_embeddings()(action_indices + self.action_token_ids.start).unsqueeze(1)
 
-    def _dynamic_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
-        """Prefill with a `DynamicCache`; each step concatenates a mask column and the new keys/values."""
+    def _dynamic_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+                         prefill: Prefill | None = None) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
+        """Prefill with a `DynamicCache` (or `prefill`'s); each step concatenates a mask column and the new
+        keys/values."""
         backbone = self.language_model.model
-        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True)
-        cache, positions = out.cache, position_ids[:, -1:]
+        if prefill is None:
+            out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True)
+            last, cache = out.last_hidden_state[:, -1], out.cache
+        else:
+            last, cache = prefill(embeds, mask, position_ids)
+        positions = position_ids[:, -1:]
 
         def step(index: torch.Tensor) -> torch.Tensor:
             nonlocal mask, positions
@@ -304,7 +314,6 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                               cache=cache, use_cache=True).last_hidden_state
             return self._action_logits(hidden[:, -1]).float()
 
-        last = out.last_hidden_state[:, -1]
         return last, self._action_logits(last).float(), step
 
     def _static_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
@@ -398,12 +407,13 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
 
     def predict_action(self, images: np.ndarray | torch.Tensor | Sequence, instructions: Sequence[str] | str,
                        unnorm_key: str | None = None, temperature: float = 0.0,
-                       generator: torch.Generator | None = None, decode: str = "dynamic") -> np.ndarray:
+                       generator: torch.Generator | None = None, decode: str = "dynamic",
+                       prefill: Prefill | None = None) -> np.ndarray:
         """RGB uint8 images `[B, H, W, 3]` + one instruction each -> actions `[B, 7]` (float32).
 
         `instructions` is a list of B strings; a lone string is accepted for a batch of one image
         (`images[None]` and `"pick up the cube"`). An empty batch is a ValueError. `decode` is
-        `generate_action_indices`' ("dynamic", "static" or "compiled")."""
+        `generate_action_indices`' ("dynamic", "static" or "compiled"), and so is `prefill`."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         check_decode(decode)
@@ -417,7 +427,8 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             instructions = [instructions]
         batch = self._processor()(images, instructions)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator, decode=decode)
+        decoded = self.generate_action_indices(**batch, temperature=temperature, generator=generator, decode=decode,
+                                               prefill=prefill)
         return self.decode_actions(decoded["action_indices"], unnorm_key, normalized=not self.config.norm_stats)
 
     # ---- persistence -----------------------------------------------------------------------------------

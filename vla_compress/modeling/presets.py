@@ -42,6 +42,15 @@ PRESETS: dict[str, dict] = {
         text_config=_small_llama(hidden=256, layers=6, heads=8, kv_heads=8, mlp=704),
         pad_token_id=512, llm_max_length=512,
     ),
+    # openvla-7b's shape at a width a CPU runs, for speed benchmarks (random weights): the fused ViT pair at
+    # 224 px / patch 14 (256 patches, ~10% of the FLOPs as at 7B), and a Llama of openvla-7b's depth and
+    # head layout (32 layers, 128-dim heads, MLP 2.69x wide) 512 wide; the small presets' 576-id vocabulary.
+    "openvla-7b-proxy": dict(
+        vision_backbone_id="dinosiglip-vit-so-224px", image_sizes=[224, 224],
+        timm_kwargs=[_tiny_vit(192, 12, 3), _tiny_vit(192, 12, 3)],
+        text_config=_small_llama(hidden=512, layers=32, heads=4, kv_heads=4, mlp=1376),
+        pad_token_id=512, llm_max_length=512,
+    ),
     # The architecture of the shipped `tiny-maniskill` (benchmarks/train_base.py, docs/model_card.md):
     # one DINOv2-style ViT (128 wide, 8 x 8 patches of 16 px at the suite's 128 px renders, so frames are
     # never resized) and an 8-layer Llama 128 wide, 2.8M parameters, 67% in the LM: sized for training
