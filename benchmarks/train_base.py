@@ -64,6 +64,7 @@ from vla_compress.recovery.sft import warmup_cosine
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PRESET_DIR = REPO / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
 DEMO_SEED, EVAL_SEED, DAGGER_SEED, LAYOUT_SEED = 0, 1, 100, 200  # episode seeds never overlap (see --help)
+PROBE_SEED = 700  # benchmarks/layout_probe.py's held-out layouts: no training stage uses it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -338,21 +339,23 @@ def train_stage(model, heads: nn.ModuleDict, data: TrainSet, steps: int, lr: flo
 
 
 # ---- recipe ----------------------------------------------------------------------------------------------
-def record_layouts(directory: Path, tasks, per_task: int, num_envs: int, camera: str, clock: StageClock) -> Path:
+def record_layouts(directory: Path, tasks, per_task: int, num_envs: int, camera: str, clock: StageClock | None,
+                   seed: int = LAYOUT_SEED) -> Path:
     """`per_task` reset states per task, each a one-step episode labelled with the expert's first action
-    (seeds `LAYOUT_SEED * 10^6 + task * 10^4 + k`); resumable per task file."""
+    (seeds `seed * 10^6 + task * 10^4 + k`); resumable per task file."""
     if not (directory / "summary.json").exists():
         began = time.perf_counter()
         directory.mkdir(parents=True, exist_ok=True)
         envs = make_env(tasks=tasks, num_envs=num_envs, image_size=128, camera=camera)
         try:
             for task in tqdm(resolve_tasks(tasks), desc="layouts"):
-                record_task_file(directory / f"{task}.hdf5", envs, ScriptedExpert(num_envs), task, LAYOUT_SEED,
+                record_task_file(directory / f"{task}.hdf5", envs, ScriptedExpert(num_envs), task, seed,
                                  lambda obs, info, action: action, per_task, max_steps=1, keep_failures=True)
         finally:
             envs.close()
         atomic_write_json(directory / "summary.json", {"per_task": per_task, "seconds": time.perf_counter() - began})
-        clock.record("layouts", time.perf_counter() - began)
+        if clock is not None:
+            clock.record("layouts", time.perf_counter() - began)
     return directory
 
 

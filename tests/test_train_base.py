@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +106,18 @@ def test_recipe_runs_every_stage_and_resumes_without_recomputing(tmp_path):
 
     model = load_vla(tmp_path / "final")
     assert model.config.text_config.num_hidden_layers >= 8 and model.config.norm_stats
+
+    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layout_probe.py"), str(tmp_path / "final"),
+                            "--run-dir", str(tmp_path), "--per-task", "2", "--tasks-limit", "2"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout[probe.stdout.index("{"):])
+    assert result["held_out_layouts"]["frames"] == result["training_layouts"]["frames"] == 4
+    assert all(0.0 <= result["held_out_layouts"][f"sign_{a}"] <= 1.0 for a in "xy")
+    with h5py.File(next((tmp_path / "probe_2_2").glob("*.hdf5"))) as f:  # held-out: other layouts
+        held_out_frame = f[sorted(f)[0]]["rgb"][0]
+    with h5py.File(tmp_path / "layouts" / next((tmp_path / "probe_2_2").glob("*.hdf5")).name) as f:
+        assert not np.array_equal(held_out_frame, f[sorted(f)[0]]["rgb"][0])
 
     seconds = card["stage_seconds"]
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
