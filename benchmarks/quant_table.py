@@ -22,7 +22,8 @@ from vla_compress import load_vla
 from vla_compress.modeling import component_sizes
 from vla_compress.quantization import quantize
 
-METHODS = [("fp32", 0), ("bnb", 8), ("bnb", 4), ("gptq", 8), ("gptq", 4), ("quanto", 8), ("quanto", 4)]
+METHODS = [("fp32", 0), ("bnb", 8), ("bnb", 4), ("gptq", 8), ("gptq", 4), ("quanto", 8), ("quanto", 4), ("aten", 8),
+           ("aten", 4)]
 COLOURS = ["red", "green", "blue", "yellow"]
 
 

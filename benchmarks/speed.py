@@ -9,7 +9,7 @@ measured by this script at its start on the device it profiles, and the ratio me
 Models: `tiny-maniskill` (the embedded default, trained weights), `openvla-7b-proxy` (openvla-7b's
 depth, head layout and fused 224 px ViTs at a width a CPU runs; random weights) and, on a GPU,
 `openvla-7b` (random weights). Pruning uses the data-free l2 criterion, which gives the same shapes as
-Taylor; the 4-bit rows use `--low-bit` (quanto weight-only int4 on a CPU, bitsandbytes NF4 on a GPU).
+Taylor; the 4-bit rows use `--low-bit` (aten weight-only int4 on a CPU, bitsandbytes NF4 on a GPU).
 
     python benchmarks/speed.py                                                    # CPU defaults
     python benchmarks/speed.py --device cuda --dtype bfloat16 --models openvla-7b --round-to 128
@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on a CPU, bfloat16 on a GPU")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    parser.add_argument("--low-bit", choices=("quanto", "bnb"), default=None,
-                        help="4-bit backend (default quanto on a CPU, bnb NF4 on a GPU)")
+    parser.add_argument("--low-bit", choices=("aten", "quanto", "bnb"), default=None,
+                        help="4-bit backend (default aten on a CPU, bnb NF4 on a GPU)")
     parser.add_argument("--decode", choices=DECODE_PATHS, default="dynamic", help="predict_action's decode path")
     parser.add_argument("--batch-size", type=int, default=8, help="batch of the throughput column")
     parser.add_argument("--warmup", type=int, default=3)
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda but no GPU is visible")
     args.models = args.models or ["tiny-maniskill", TARGET_MODEL, *(["openvla-7b"] if on_gpu else [])]
     args.dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
-    args.low_bit = args.low_bit or ("bnb" if on_gpu else "quanto")
+    args.low_bit = args.low_bit or ("bnb" if on_gpu else "aten")
     return args
 
 

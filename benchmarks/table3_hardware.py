@@ -70,11 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def compress(model: torch.nn.Module, sparsity: float | None, bits: int | None, dtype: str,
              round_to: int | None = None, low_bit: str = "bnb") -> torch.nn.Module:
     """Block-prune `model` to `sparsity` (data-free l2: the same shapes as Taylor), then quantize its LM
-    to `bits` with `low_bit` ("bnb": LLM.int8 / NF4; "quanto": weight-only int8 / int4)."""
+    to `bits` with `low_bit` ("bnb": LLM.int8 / NF4; "quanto" or "aten": weight-only int8 / int4)."""
     if sparsity is not None:
         prune(model, ratio=sparsity, importance="l2", method="block", round_to=round_to)
-    if bits is not None and low_bit == "quanto":
-        quantize(model, bits=bits, method="quanto")
+    if bits is not None and low_bit in ("quanto", "aten"):
+        quantize(model, bits=bits, method=low_bit)
     elif bits == 8:
         quantize(model, bits=8, method="bnb")
     elif bits == 4:

@@ -10,7 +10,8 @@ from torch import nn
 from vla_compress import load_vla
 from vla_compress.modeling import component_sizes
 from vla_compress.modeling.widths import LayerWidth, resize_decoder_layer
-from vla_compress.quantization import METHODS, GPTQConfig, GPTQLinear, quantize
+from vla_compress.quantization import METHODS, AtenLinear, GPTQConfig, GPTQLinear, quantize
+from vla_compress.quantization.aten import KERNEL_MAX_ROWS, int4_shape
 from vla_compress.quantization.gptq import gptq_quantize_weight
 from vla_compress.quantization.scope import default_filter, select_linears
 
@@ -66,7 +67,7 @@ def quantized_ratio(dense: nn.Module, model: nn.Module) -> float:
 
 
 CASES = [("bnb", 8, (0.45, 0.56)), ("bnb", 4, (0.2, 0.3)), ("quanto", 8, (0.45, 0.56)), ("quanto", 4, (0.2, 0.35)),
-         ("gptq", 4, (0.2, 0.3)), ("gptq", 8, (0.45, 0.56))]
+         ("gptq", 4, (0.2, 0.3)), ("gptq", 8, (0.45, 0.56)), ("aten", 8, (0.45, 0.56)), ("aten", 4, (0.2, 0.3))]
 
 
 @pytest.mark.parametrize(("method", "bits", "ratio_range"), CASES)
@@ -95,7 +96,7 @@ def test_quantize_bytes_agreement_and_round_trip(method, bits, ratio_range, imag
     assert torch.equal(actions_and_logits(reloaded, images)[0], actions)
 
 
-@pytest.mark.parametrize(("method", "bits"), [("gptq", 4), ("bnb", 4), ("quanto", 4)])
+@pytest.mark.parametrize(("method", "bits"), [("gptq", 4), ("bnb", 4), ("quanto", 4), ("aten", 4), ("aten", 8)])
 def test_pruned_odd_widths(method, bits, images, tmp_path):
     model = quantize(tiny(pruned=True), bits, method, calibration=self_labelled(tiny(pruned=True), images),
                      group_size=128) \
@@ -150,7 +151,7 @@ def test_bad_input_raises(monkeypatch):
     model = tiny()
     with pytest.raises(ValueError, match=r"allowed: \(4, 8\)"):
         quantize(model, 3)
-    with pytest.raises(ValueError, match="allowed: \\['bnb', 'gptq', 'quanto'\\]"):
+    with pytest.raises(ValueError, match="allowed: \\['aten', 'bnb', 'gptq', 'quanto'\\]"):
         quantize(model, 4, method="awq")
     with pytest.raises(ValueError, match="options are"):
         quantize(model, 4, "bnb", group_size=64)
@@ -158,6 +159,10 @@ def test_bad_input_raises(monkeypatch):
         quantize(model, 4, "bnb", quant_type="int4")
     with pytest.raises(ValueError, match="calibration"):
         quantize(model, 4, "gptq")
+    with pytest.raises(ValueError, match=r"bits=2 is not supported; allowed: \(4, 8\)"):
+        quantize(model, 2, "aten")
+    with pytest.raises(ValueError, match=r"group_size=100 is not supported; allowed: \(32, 64, 128, 256\)"):
+        quantize(model, 4, "aten", group_size=100)
     with pytest.raises(ValueError, match="no nn.Linear"):
         quantize(model, 4, "bnb", filter_fn=lambda name, module: False)
     backend, config_class, _ = METHODS["quanto"]
@@ -203,3 +208,50 @@ def test_vision_projector_and_head_join_the_scope(method, images, tmp_path):
     reloaded = load_vla(tmp_path)
     assert reloaded.config.quantization == recorded
     np.testing.assert_array_equal(reloaded.predict_action(images, INSTRUCTIONS), actions)
+
+
+def test_aten_int4_pads_pruned_widths_and_picks_the_largest_group():
+    # (in, out, group_size) -> (padded out rows, padded in columns, group)
+    assert int4_shape(256, 704, 128) == (704, 256, 128)
+    assert int4_shape(700, 256, 128) == (256, 704, 64)   # 700 MLP channels: 4 zero columns, groups of 64
+    assert int4_shape(256, 700, 128) == (704, 256, 128)  # 4 zero rows, sliced off the output
+    assert int4_shape(384, 100, 256) == (112, 384, 128)
+    assert int4_shape(45, 33, 32) == (48, 64, 32)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(("out_features", "in_features"), [(256, 704), (700, 256), (33, 45), (7, 3)])
+def test_aten_linear_kernel_and_dequantized_paths_agree(bits, out_features, in_features):
+    """Odd widths (padded for the kernels): the decode kernel, the dequantized prompt path and the float
+    layer agree; the state dict holds plain codes and rebuilds the same layer."""
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features)
+    layer = AtenLinear.from_linear(linear, bits)
+    weight = layer.dequantized_weight()
+    assert weight.shape == linear.weight.shape
+    assert (weight - linear.weight).norm() / linear.weight.norm() < (0.01 if bits == 8 else 0.1)
+    with torch.no_grad():
+        for rows in (1, KERNEL_MAX_ROWS[bits] + 1):  # the kernel (bfloat16 activations), then dequantize + F.linear
+            x = torch.randn(2, rows, in_features)
+            reference = nn.functional.linear(x, weight, linear.bias)
+            assert (layer(x) - reference).norm() / reference.norm() < 0.01
+    state = layer.state_dict()
+    if bits == 4:
+        assert state["qweight"].dtype == torch.uint8 and state["qweight"].shape == (layer.rows, layer.columns // 2)
+        assert "packed" not in state and int(layer.codes().max()) <= 15
+    rebuilt = AtenLinear(in_features, out_features, bits)
+    rebuilt.load_state_dict(state)
+    x = torch.randn(1, in_features)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), layer(x))
+    assert all(torch.equal(rebuilt.state_dict()[key], value) for key, value in state.items())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_aten_linear_compiles(bits):
+    """`decode="compiled"` traces the kernels as opaque custom ops (inductor's own int8 lowering fails)."""
+    torch.manual_seed(0)
+    layer = AtenLinear.from_linear(nn.Linear(250, 700), bits)
+    x = torch.randn(1, 1, 250)
+    with torch.no_grad():
+        assert torch.equal(torch.compile(layer)(x), layer(x))

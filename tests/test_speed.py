@@ -66,7 +66,7 @@ def test_speed_benchmark_reports_floors_and_targets(tmp_path):
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "speed.json").read_text())
-    assert result["low_bit"] == "quanto" and result["rates"]["bytes_per_second"] > 0
+    assert result["low_bit"] == "aten" and result["rates"]["bytes_per_second"] > 0
     rows = {r["key"]: r for r in result["models"][0]["rows"]}
     assert "error" not in rows["rlrc_4bit"], rows["rlrc_4bit"]
     for r in rows.values():

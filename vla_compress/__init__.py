@@ -11,12 +11,12 @@ from .modeling import (
     component_sizes,
 )
 from .pruning import BlockPruning, FlapPruning, MagnitudePruning, PruneReport, WandaPruning, prune
-from .quantization import BnbConfig, GPTQConfig, QuantoConfig, quantize
+from .quantization import AtenConfig, BnbConfig, GPTQConfig, QuantoConfig, quantize
 from .recovery import PPOConfig, SFTConfig, recover
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActionTokenizer", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "MagnitudePruning",
+    "ActionTokenizer", "AtenConfig", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "MagnitudePruning",
     "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig", "PruneReport", "QuantoConfig",
     "SFTConfig", "VLACacheConfig", "VLACachePolicy", "WandaPruning", "component_sizes", "load_vla", "prune",
     "quantize", "recover",

@@ -220,7 +220,7 @@ def quantize(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the quantized checkpoint.")],
     bits: Annotated[int, typer.Option(help="4 or 8.")] = 4,
-    method: Annotated[str, typer.Option(help="bnb (bitsandbytes NF4 / LLM.int8), gptq, or quanto.")] = "bnb",
+    method: Annotated[str, typer.Option(help="bnb (NF4 / LLM.int8), gptq, quanto, or aten (fast on CPU).")] = "bnb",
     calibration: Annotated[Path | None, typer.Option(help="Demo directory; required by gptq.")] = None,
     calibration_samples: Annotated[int, typer.Option(help="Samples drawn evenly from --calibration.")] = 32,
     batch_size: Annotated[int, typer.Option(help="Calibration batch size (gptq).")] = 4,

@@ -72,7 +72,7 @@ class RLRCConfig:
     sft_steps: int = 500
     ppo_steps: int = 0  # PPO env steps in total; 0 skips PPO
     bits: int = 4  # 4 or 8 (quantize the recovered model), 16 (no quantization)
-    quant_method: str = "bnb"  # bnb, gptq (calibrated on the demos) or quanto
+    quant_method: str = "bnb"  # bnb, gptq (calibrated on the demos), quanto or aten
     episodes: int = 2  # evaluation episodes per task
     tasks: str | list[str] = "all"  # evaluation tasks: 'ind', 'ood', 'all', a task id or a list of ids
     tasks_per_split: int | None = None  # evaluate only the first N IND and first N OOD tasks of `tasks`

@@ -91,12 +91,12 @@ def measure_rates(device: str | torch.device = "cpu", dtype: torch.dtype = torch
 
 def _kv_bytes_per_position(model: nn.Module) -> int:
     """Bytes of keys and values one cached position holds across all layers (pruned widths included)."""
+    # the cache holds the activations' dtype: the input embeddings' (quantized linears may hold no floats)
+    element = model.language_model.get_input_embeddings().weight.element_size()
     total = 0
     for layer in model.language_model.model.layers:
         attention = layer.self_attn
-        dtype = next(p.dtype for p in attention.parameters() if p.is_floating_point())
-        width = attention.k_proj.out_features + attention.v_proj.out_features
-        total += width * torch.empty((), dtype=dtype).element_size()
+        total += (attention.k_proj.out_features + attention.v_proj.out_features) * element
     return total
 
 

@@ -1,4 +1,4 @@
-"""`quantize(model, bits, method=...)`: one verb over the bitsandbytes, GPTQ and quanto backends.
+"""`quantize(model, bits, method=...)`: one verb over the bitsandbytes, GPTQ, quanto and aten backends.
 
 Scope (which linears) is one predicate (`scope.py`); each backend module has a config dataclass,
 `quantize_linears` and `load_linears`. The settings and the list of quantized modules are recorded
@@ -18,7 +18,8 @@ from torch import nn
 
 from ..calibration import Calibration
 from ..modeling.size import component_sizes
-from . import bnb, cpu, gptq
+from . import aten, bnb, cpu, gptq
+from .aten import AtenConfig, AtenLinear
 from .bnb import BnbConfig
 from .cpu import QuantoConfig
 from .gptq import GPTQConfig, GPTQLinear
@@ -31,6 +32,7 @@ METHODS: dict[str, tuple[ModuleType, type, str | None]] = {
     "bnb": (bnb, BnbConfig, "bitsandbytes"),
     "gptq": (gptq, GPTQConfig, None),
     "quanto": (cpu, QuantoConfig, "optimum.quanto"),
+    "aten": (aten, AtenConfig, None),
 }
 BITS = (4, 8)
 
@@ -61,7 +63,7 @@ def _config(config_class: type, bits: int, options: dict):
         raise ValueError(f"{config_class.__name__} options are {allowed}; got {sorted(options)}") from error
 
 
-QuantizationConfig = BnbConfig | GPTQConfig | QuantoConfig
+QuantizationConfig = BnbConfig | GPTQConfig | QuantoConfig | AtenConfig
 CONFIG_METHODS = {config_class: method for method, (_, config_class, _) in METHODS.items()}
 
 
@@ -76,7 +78,9 @@ def quantize(model: nn.Module, config: int | QuantizationConfig | None = None, m
     or the shorthand `bits` (positional or `bits=`; default 4) with `method`: "bnb" (default; LLM.int8 /
     NF4, options of `BnbConfig`),
     "gptq" (needs `calibration`: robot samples `{"image", "instruction", "action"}` or processor
-    batches, as `prune` takes; options of `GPTQConfig`) or "quanto" (CPU-fast weight-only).
+    batches, as `prune` takes; options of `GPTQConfig`), "quanto" (optimum-quanto weight-only) or "aten"
+    (weight-only int8 / int4 on PyTorch's own CPU kernels, the fastest batch-1 decode on a CPU; option
+    `group_size` of `AtenConfig`).
     The scope is the LLM's decoder linears (the paper's); `include_lm_head`, `include_projector` and
     `include_vision` add the output head, the projector and the vision backbones' linears (for the
     smallest checkpoint); `filter_fn(name, module)` replaces the scope entirely.
@@ -149,4 +153,5 @@ def load_quantized(path: str | Path, config, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-__all__ = ["BnbConfig", "GPTQConfig", "GPTQLinear", "QuantizationConfig", "QuantoConfig", "load_quantized", "quantize"]
+__all__ = ["AtenConfig", "AtenLinear", "BnbConfig", "GPTQConfig", "GPTQLinear", "QuantizationConfig", "QuantoConfig",
+           "load_quantized", "quantize"]

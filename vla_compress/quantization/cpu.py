@@ -1,9 +1,10 @@
-"""CPU-fast weight-only quantization through optimum-quanto (int8 / int4 weights, float activations).
+"""Weight-only quantization through optimum-quanto (int8 / int4 weights, float activations).
 
-Chosen over torchao here: torchao's int4 packings do not run on CPU, while quanto's int8 and int4
-weight-only linears do, and both save to safetensors as plain tensors. quanto groups int4 weights
-by 128 (or the largest multiple of 32 down to 32 that divides the input width) and falls back to
-one scale per output row when none divides it (pruned layers of odd width).
+quanto dequantizes in PyTorch on every call, so on a CPU it is slower than float32; `aten.py` (method
+"aten") is the fast CPU path, and docs/quantization.md compares both with torchao. quanto's layers save
+to safetensors as plain tensors. It groups int4 weights by 128 (or the largest multiple of 32 down to 32
+that divides the input width) and falls back to one scale per output row when none divides it (pruned
+layers of odd width).
 """
 
 from __future__ import annotations
