@@ -22,6 +22,7 @@ Outputs in `--output-dir`: speed.json (machine, versions, rates, rows, targets) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from table3_hardware import compress, release_memory
 
 from vla_compress import load_vla
 from vla_compress.evaluation import profile
-from vla_compress.evaluation.roofline import ActionCost, action_cost, measure_rates
+from vla_compress.evaluation.roofline import action_cost, measure_rates, weight_bytes_read
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
 
 # row key -> (label, pruning ratio or None, quantization bits or None)
@@ -85,11 +86,11 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
     model = load_vla(name, device=args.device, dtype=args.dtype, seed=args.seed)
     try:
         compress(model, sparsity, None, args.dtype, args.round_to)
-        shapes = action_cost(model)  # FLOPs: quantized kernels are invisible to torch's flop counter
+        cost = action_cost(model)  # FLOPs: quantized kernels are invisible to torch's flop counter
         if bits is not None:
             compress(model, None, bits, args.dtype, low_bit=args.low_bit)
-        cost = ActionCost(flops=shapes.flops, bytes_read=action_cost(model).bytes_read,
-                          prefill_tokens=shapes.prefill_tokens)
+            cost = dataclasses.replace(cost, bytes_read=weight_bytes_read(model, cost.prompt_tokens,
+                                                                          cost.prefill_tokens))
         prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
                        seed=args.seed, decode=args.decode).to_dict()
     finally:

@@ -13,7 +13,13 @@ import torch
 
 from vla_compress import load_vla, prune, quantize
 from vla_compress.evaluation import profile
-from vla_compress.evaluation.roofline import DECODE_STEPS, MachineRates, action_cost, measure_rates
+from vla_compress.evaluation.roofline import (
+    DECODE_STEPS,
+    MachineRates,
+    action_cost,
+    measure_rates,
+    weight_bytes_read,
+)
 from vla_compress.modeling.size import module_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +54,12 @@ def test_quanto_int4_reads_fewer_bytes_and_profiles():
     model = quantize(load_vla("tiny", dtype="float32", seed=0), bits=4, method="quanto")
     dense = action_cost(load_vla("tiny", dtype="float32", seed=0))
     assert action_cost(model).bytes_read < 0.4 * dense.bytes_read
+    # recounted without a forward pass, from the unquantized count's token numbers
+    assert weight_bytes_read(model, dense.prompt_tokens, dense.prefill_tokens) == action_cost(model).bytes_read
+    with pytest.raises(ValueError, match="prefill_tokens"):
+        weight_bytes_read(model, dense.prompt_tokens, 0)
+    with pytest.raises(ValueError, match="must be >= prompt_tokens"):
+        weight_bytes_read(model, 10, 5)
     result = profile(model, batch_size=1, warmup=0, iters=1)  # inference_mode broke quanto int4 here
     assert result.latency_ms_median > 0
 

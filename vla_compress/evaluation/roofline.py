@@ -50,6 +50,7 @@ class ActionCost:
     flops: int
     bytes_read: int
     prefill_tokens: int
+    prompt_tokens: int  # BOS and the instruction (the prefill also holds the image patches)
 
     def floor_seconds(self, rates: MachineRates) -> float:
         return self.bytes_read / rates.bytes_per_second + self.flops / rates.flops_per_second
@@ -100,14 +101,34 @@ def _kv_bytes_per_position(model: nn.Module) -> int:
     return total
 
 
+def weight_bytes_read(model: nn.Module, prompt_tokens: int, prefill_tokens: int) -> int:
+    """Bytes one batch-1 action of `model` reads at its stored precision, for a prompt of `prompt_tokens` text
+    tokens and `prefill_tokens` in all (no forward pass: quantize a model and recount without rerunning it)."""
+    for name, value in (("prompt_tokens", prompt_tokens), ("prefill_tokens", prefill_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if prefill_tokens < prompt_tokens:
+        raise ValueError(f"prefill_tokens={prefill_tokens} must be >= prompt_tokens={prompt_tokens}")
+    lm = model.language_model
+    head, embed = lm.get_output_embeddings(), lm.get_input_embeddings()
+    decoder = module_size(lm.model).bytes - module_size(embed).bytes
+    weight = head.weight
+    # a plain head reads only the 256 action rows (`_action_logits`); a quantized head computes all rows
+    head_bytes = (len(model.action_token_ids) * weight.shape[1] * weight.element_size()
+                  if type(head) is nn.Linear else module_size(head).bytes)
+    embed_bytes = (prompt_tokens + DECODE_STEPS) * embed.weight.shape[1] * embed.weight.element_size()
+    kv_reads = _kv_bytes_per_position(model) * sum(prefill_tokens + step for step in range(1, DECODE_STEPS + 1))
+    weights_once = module_size(model.vision_backbone).bytes + module_size(model.projector).bytes
+    return int(weights_once + (1 + DECODE_STEPS) * (decoder + head_bytes) + embed_bytes + kv_reads)
+
+
 def action_cost(model: nn.Module, image_size: int = 128) -> ActionCost:
     """FLOPs and bytes read by one batch-1 `predict_action` call of `model` (an OpenVLA policy).
 
     FLOPs are counted on the call itself, so quantized layers whose kernels torch cannot count (bitsandbytes,
-    quanto) under-report; count them on the model before quantizing it (shapes, not storage, set FLOPs).
+    quanto) under-report; count them on the model before quantizing it (shapes, not storage, set FLOPs) and
+    recount the bytes after with `weight_bytes_read`.
     """
-    lm = model.language_model
-    head, embed = lm.get_output_embeddings(), lm.get_input_embeddings()
     patches: list[int] = []
     hook = model.projector.register_forward_hook(lambda module, args, out: patches.append(out.shape[1]))
     rng = np.random.default_rng(0)
@@ -123,14 +144,5 @@ def action_cost(model: nn.Module, image_size: int = 128) -> ActionCost:
         model.train(was_training)
     prompt_tokens = int(model._processor()(image, [text])["input_ids"].shape[1])
     prefill = prompt_tokens + patches[0]
-    forwards = 1 + DECODE_STEPS
-    decoder = module_size(lm.model).bytes - module_size(embed).bytes
-    weight = head.weight
-    # a plain head reads only the 256 action rows (`_action_logits`); a quantized head computes all rows
-    head_bytes = (len(model.action_token_ids) * weight.shape[1] * weight.element_size()
-                  if type(head) is nn.Linear else module_size(head).bytes)
-    embed_bytes = (prompt_tokens + DECODE_STEPS) * embed.weight.shape[1] * embed.weight.element_size()
-    kv_reads = _kv_bytes_per_position(model) * sum(prefill + step for step in range(1, DECODE_STEPS + 1))
-    weights_once = module_size(model.vision_backbone).bytes + module_size(model.projector).bytes
-    bytes_read = weights_once + forwards * (decoder + head_bytes) + embed_bytes + kv_reads
-    return ActionCost(flops=int(counter.get_total_flops()), bytes_read=int(bytes_read), prefill_tokens=prefill)
+    return ActionCost(flops=int(counter.get_total_flops()), bytes_read=weight_bytes_read(model, prompt_tokens, prefill),
+                      prefill_tokens=prefill, prompt_tokens=prompt_tokens)
