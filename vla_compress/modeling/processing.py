@@ -160,12 +160,17 @@ class OpenVLAProcessor:
                    config.image_resize_strategy, config.n_action_bins, config.action_vocab_end)
 
     # ---- images ---------------------------------------------------------------------------------------
+    def frames(self, images: np.ndarray | torch.Tensor | Sequence) -> torch.Tensor:
+        """uint8 RGB `[B, H, W, 3]` -> float `[B, 3, S, S]` in [0, 1] at the model's input size, before
+        normalisation. A torch tensor is transformed on its own device."""
+        batch = _as_image_batch(images).permute(0, 3, 1, 2).float().div_(255.0)
+        return resize_images(batch, self.image_sizes[0], 1.0)
+
     def pixel_values(self, images: np.ndarray | torch.Tensor | Sequence) -> torch.Tensor:
         """uint8 RGB `[B, H, W, 3]` -> float `[B, 3 * n_backbones, S, S]`, normalised per backbone.
 
         A torch tensor is transformed on its own device (a GPU-resident batch stays on the GPU)."""
-        batch = _as_image_batch(images).permute(0, 3, 1, 2).float().div_(255.0)
-        batch = resize_images(batch, self.image_sizes[0], 1.0)
+        batch = self.frames(images)
         normalised = [
             (batch - torch.tensor(m, device=batch.device).view(1, 3, 1, 1))
             / torch.tensor(s, device=batch.device).view(1, 3, 1, 1)

@@ -52,7 +52,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from .processing import _as_image_batch, resize_images
+from .processing import _as_image_batch
 
 # The authors' settings for openvla-7b: 256 visual tokens (16 x 16 patches of 14 px at 224 px), 32 layers.
 AUTHORS_PATCHES = 256
@@ -263,10 +263,8 @@ class VLACachePolicy:
         `predict_action`; row b continues environment b's episode. Only `decode="dynamic"` is supported."""
         if decode != "dynamic":
             raise ValueError(f"decode={decode!r}: VLACachePolicy decodes with decode='dynamic' only")
-        batch = _as_image_batch(images)
         texts = [instructions] if isinstance(instructions, str) else list(instructions)
-        frames = resize_images(batch.to(self.model.device).permute(0, 3, 1, 2).float().div_(255.0), self.image_size,
-                               1.0)
+        frames = self.model.processor.frames(_as_image_batch(images).to(self.model.device))  # as the model sees them
 
         def prefill(embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor):
             return self._prefill(embeds, mask, position_ids, frames, texts)
