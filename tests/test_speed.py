@@ -69,6 +69,8 @@ def test_measure_rates_are_positive_and_checked():
     assert rates.bytes_per_second > 1e8 and rates.flops_per_second > 1e8
     with pytest.raises(ValueError, match="buffer_bytes"):
         measure_rates("cpu", buffer_bytes=10)
+    with pytest.raises(ValueError, match="matmul_size"):
+        measure_rates("cpu", matmul_size=0)
 
 
 def test_speed_benchmark_reports_floors_and_targets(tmp_path):

@@ -79,6 +79,8 @@ def measure_rates(device: str | torch.device = "cpu", dtype: torch.dtype = torch
     device = torch.device(device)
     if buffer_bytes < 2**20 or repeats < 1:
         raise ValueError(f"buffer_bytes must be >= 1 MiB and repeats >= 1, got {buffer_bytes}, {repeats}")
+    if matmul_size is not None and matmul_size < 1:
+        raise ValueError(f"matmul_size must be None or >= 1, got {matmul_size}")
     buffer = torch.ones(buffer_bytes // 4, dtype=torch.float32, device=device)
     read = _best_seconds(buffer.sum, device, repeats)
     del buffer
