@@ -15,7 +15,6 @@ Only ratios within one run compare on a shared machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from vla_compress import load_vla, quantize
+from vla_compress.deps import installed
 from vla_compress.evaluation import profile
 from vla_compress.quantization import AtenLinear
 from vla_compress.quantization.scope import default_filter, select_linears
@@ -60,9 +60,9 @@ def torchao_linear(bits: int) -> Callable[[nn.Linear], nn.Module]:
 def stack_paths() -> dict[str, Callable[[nn.Linear], nn.Module]]:
     paths = {"fp32": lambda linear: linear, "aten int8": lambda linear: AtenLinear.from_linear(linear, 8),
              "aten int4": lambda linear: AtenLinear.from_linear(linear, 4)}
-    if importlib.util.find_spec("optimum") and importlib.util.find_spec("optimum.quanto"):
+    if installed("optimum.quanto"):
         paths.update({"quanto int8": quanto_linear(8), "quanto int4": quanto_linear(4)})
-    if importlib.util.find_spec("torchao"):
+    if installed("torchao"):
         paths.update({"torchao int8": torchao_linear(8), "torchao int4": torchao_linear(4)})
     return paths
 
@@ -99,7 +99,7 @@ def run_stack(preset: str, rows_list: list[int], repeats: int = 5) -> None:
 
 def run_models(preset: str, rounds: int) -> None:
     variants = ["fp32", "aten 8", "aten 4", "quanto 8", "quanto 4"]
-    if not importlib.util.find_spec("optimum") or not importlib.util.find_spec("optimum.quanto"):
+    if not installed("optimum.quanto"):
         variants = variants[:3]
     models = {}
     for variant in variants:

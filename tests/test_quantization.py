@@ -169,6 +169,12 @@ def test_bad_input_raises(monkeypatch):
     monkeypatch.setitem(METHODS, "quanto", (backend, config_class, "not_a_package_xyz"))
     with pytest.raises(ImportError, match=r"pip install vla-compress\[quant\]"):
         quantize(model, 8, "quanto")
+    from vla_compress.pipeline import RLRCConfig
+
+    with pytest.raises(ImportError, match=r"quant_method='quanto' needs not_a_package_xyz.*or bits=16"):
+        RLRCConfig(bits=8, quant_method="quanto").validate("/tmp/never")
+    with pytest.raises(ValueError, match=r"quant_method='zip' is unknown; allowed: \['aten', 'bnb'"):
+        RLRCConfig(bits=8, quant_method="zip").validate("/tmp/never")
     quantize(model, 8, "bnb")
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, 4, "bnb")
@@ -255,3 +261,10 @@ def test_aten_linear_compiles(bits):
     x = torch.randn(1, 1, 250)
     with torch.no_grad():
         assert torch.equal(torch.compile(layer)(x), layer(x))
+
+
+def test_installed_handles_a_missing_parent_package():
+    from vla_compress.deps import installed
+
+    assert installed("torch") and installed("safetensors.torch")
+    assert not installed("not_a_package_xyz") and not installed("not_a_package_xyz.sub")

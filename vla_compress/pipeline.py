@@ -23,7 +23,6 @@ Each stage starts from the previous stage's saved directory, so a resumed run tr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from vla_compress.data.demos import atomic_write_json
+from vla_compress.deps import installed
 from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD, resolve_tasks
 from vla_compress.evaluation import evaluate, profile, wilson_interval
 from vla_compress.recovery.validation import require_int
@@ -114,19 +114,14 @@ class RLRCConfig:
 
         resolve_dtype(self.dtype)
         if self.bits != 16:
-            from vla_compress.quantization import METHODS
+            from vla_compress.quantization import require_method
 
-            if self.quant_method not in METHODS:
-                raise ValueError(f"quant_method={self.quant_method!r} is unknown; allowed: {sorted(METHODS)}")
-            package = METHODS[self.quant_method][2]
-            if package is not None and not _installed(package):
-                raise ImportError(f"quant_method={self.quant_method!r} needs {package}: pip install "
-                                  "vla-compress[quant] (or bits=16: no quantization)")
+            require_method(self.quant_method, "quant_method", hint=" (or bits=16: no quantization)")
         runs = Path(output_dir).expanduser() / "runs"
         self.sft_config(data=[{}], output_dir=runs / "sft").validate()  # fields and values; the demos come later
         if self.ppo_steps:
             self.ppo_config(runs / "ppo").validate()
-        if not _installed("mani_skill"):
+        if not installed("mani_skill"):
             raise ImportError("the pipeline evaluates every stage in the ManiSkill3 simulator: "
                               "pip install vla-compress[sim]")
 
@@ -602,13 +597,6 @@ def _section(cls: type, values: dict[str, Any], owned: dict[str, str | None], se
             where = f"set {owned[key]} instead" if owned[key] else "the pipeline sets it"
             raise ValueError(f"{section}.{key} cannot be given here: {where}")
     return dict(values)
-
-
-def _installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _machine(config: RLRCConfig) -> dict[str, Any]:

@@ -7,7 +7,6 @@ in `config.quantization`, so `load_vla(dir)` rebuilds the quantized layers befor
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..calibration import Calibration
+from ..deps import installed
 from ..modeling.size import component_sizes
 from . import aten, bnb, cpu, gptq
 from .aten import AtenConfig, AtenLinear
@@ -37,21 +37,20 @@ METHODS: dict[str, tuple[ModuleType, type, str | None]] = {
 BITS = (4, 8)
 
 
-def _installed(package: str) -> bool:
-    try:
-        return importlib.util.find_spec(package) is not None
-    except ModuleNotFoundError:  # parent package missing
-        return False
+def require_method(method: str, argument: str = "method", hint: str = "") -> None:
+    """Raise before any work when `method` is unknown (ValueError) or its package is missing (ImportError)."""
+    if method not in METHODS:
+        raise ValueError(f"{argument}={method!r} is unknown; allowed: {sorted(METHODS)}")
+    package = METHODS[method][2]
+    if package is not None and not installed(package):
+        raise ImportError(f"{argument}={method!r} needs {package}: pip install vla-compress[quant]{hint}")
 
 
 def _backend(method: str, bits: int) -> tuple[ModuleType, type]:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; allowed: {sorted(METHODS)}")
+    require_method(method)
     if bits not in BITS:
         raise ValueError(f"bits={bits!r} is not supported; allowed: {BITS}")
-    module, config_class, package = METHODS[method]
-    if package is not None and not _installed(package):
-        raise ImportError(f"method={method!r} needs {package}: pip install vla-compress[quant]")
+    module, config_class, _ = METHODS[method]
     return module, config_class
 
 
