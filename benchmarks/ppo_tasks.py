@@ -34,8 +34,10 @@ from report import write_json
 from vla_compress import PPOConfig, load_vla, recover
 from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
 from vla_compress.evaluation import evaluate
+from vla_compress.recovery.advantages import ADVANTAGE_ESTIMATORS
+from vla_compress.recovery.env_runner import default_env_factory
 from vla_compress.recovery.metrics import read_metrics
-from vla_compress.recovery.ppo import ADVANTAGE_ESTIMATORS, ADVANTAGES, default_env_factory
+from vla_compress.recovery.ppo_config import ADVANTAGES
 from vla_compress.recovery.rollout import info_flag
 
 TASKS = ["red_cube_on_red_plate", "purple_cube_on_blue_plate", "blue_cube_on_purple_plate",

@@ -201,7 +201,7 @@ def test_bad_config_raises_before_any_work(tmp_path, kwargs, match):
 
 def test_default_env_factory_passes_the_env_settings(monkeypatch):
     from vla_compress import envs
-    from vla_compress.recovery.ppo import default_env_factory
+    from vla_compress.recovery.env_runner import default_env_factory
 
     calls = []
     monkeypatch.setattr(envs, "make_env", lambda **kwargs: calls.append(kwargs))

@@ -374,3 +374,15 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         raise ValueError(f"no intact checkpoint in {output_dir}: {'; '.join(skipped)}. {START_FRESH}")
     return None
 
+
+def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a `save_pretrained` directory's weights into `model` (in place, exact)."""
+    index = checkpoint / "model.safetensors.index.json"
+    if index.exists():
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        load_sharded_checkpoint(model, str(checkpoint), strict=False)
+        return
+    _, unexpected = model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {checkpoint} does not match the model: unexpected keys {unexpected[:5]}")

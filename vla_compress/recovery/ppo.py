@@ -1,12 +1,17 @@
 """PPO for a VLA (RL4VLA / RLRC): actor and critic share the model; actions are 7 tokens.
 
-Read it against CleanRL's ``ppo.py``: `train_ppo` alternates `collect_rollout` (vectorised envs,
-temperature-1.0 sampling, storage `[T, N]`), `compute_gae` (GAE(gamma, lambda)) and `ppo_update`
-(one epoch of minibatches, clipped policy loss, clipped Huber value loss, grad-norm clip);
-`advantage="group"` swaps GAE for a group baseline (envs of a group share a start state). Metrics go
-to `output_dir/metrics.jsonl` (+ TensorBoard) under CleanRL's names; checkpoints are atomic and
-`resume=True` continues a killed run. `accelerate` makes the same code run on one CPU, one GPU or
-several processes (each process runs its own envs; gradients are all-reduced).
+Read it top to bottom against CleanRL's ``ppo.py``; `train_ppo` at the end repeats, per update:
+1. `collect_rollout`: whole episodes of every env (temperature-1.0 sampling), storage `[T, N]`, the
+   time-limit bootstrap `gamma * V(final observation)` folded into the last reward;
+2. `estimate_advantages` (advantages.py): GAE(gamma, lambda), or the group baseline when
+   `advantage="group"` (envs of a group share a start state), chosen once by `PPOConfig.advantage`;
+3. `ppo_update`: `update_epochs` passes of shuffled minibatches, `ppo_losses` (clipped surrogate,
+   clipped Huber value loss), grad-norm clip, optional `target_kl` early stop;
+4. metrics (`output_dir/metrics.jsonl` + TensorBoard, CleanRL's names) and atomic checkpoints
+   (`resume=True` continues a killed run).
+The settings live in ppo_config.py, the env (re-created after a worker crash) in env_runner.py.
+`accelerate` makes the same code run on one CPU, one GPU or several processes (each process runs its
+own envs; gradients are all-reduced).
 """
 
 from __future__ import annotations
@@ -14,29 +19,36 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
+from vla_compress.recovery.advantages import (  # noqa: F401 - re-exported: the PPO names in one import
+    ADVANTAGE_ESTIMATORS,
+    compute_gae,
+    estimate_advantages,
+    gae_estimate,
+    group_advantages,
+    group_estimate,
+)
 from vla_compress.recovery.checkpoint import (
-    check_output_dir,
     last_good_checkpoint_note,
     latest_checkpoint,
+    load_model_weights,
     load_trainer_state,
     run_identity,
     run_state,
     save_checkpoint,
 )
 from vla_compress.recovery.distributed import make_accelerator
+from vla_compress.recovery.env_runner import EnvCrashed, EnvRunner, default_env_factory, step_result
 from vla_compress.recovery.metrics import MetricsLogger
+from vla_compress.recovery.ppo_config import ADVANTAGES, PPOConfig  # noqa: F401 - re-exported
 from vla_compress.recovery.rollout import (
     RolloutBuffer,
     act,
@@ -47,232 +59,12 @@ from vla_compress.recovery.rollout import (
     observation_images,
     training_inputs,
 )
-from vla_compress.recovery.validation import require_int, require_number
 from vla_compress.recovery.value_head import ActorCritic, ValueHead, load_value_head
 
 logger = logging.getLogger(__name__)
 
-EnvFactory = Callable[[int], Any]  # seed -> gymnasium VectorEnv
-ADVANTAGES = ("gae", "group")  # the estimators by name (ADVANTAGE_ESTIMATORS); a callable also works
 
-
-@dataclass
-class PPOConfig:
-    """PPO settings; defaults follow RL4VLA's reference runs (REFERENCE.md section 3).
-
-    A resume continues only the same run: the same starting model and the same fields, except those in
-    `RESUME_MAY_CHANGE` (a longer `total_env_steps` extends a run)."""
-
-    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = (
-        "output_dir", "resume", "progress", "total_env_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
-        "eval_fn", "device", "num_threads", "max_env_restarts")
-
-    # environment
-    env: str = "maniskill"  # suite, or "suite:task_id"
-    tasks: str | list[str] = "ind"  # 'ind', 'ood', 'all', a task id or a list of ids
-    num_envs: int = 64  # parallel envs per process
-    episode_steps: int = 80  # fixed episode length (the env's max_episode_steps)
-    image_size: int | None = None  # env camera size; None = the model's input size
-    unnorm_key: str | None = None  # norm_stats entry used to un-normalise actions
-    env_factory: EnvFactory | None = None  # seed -> vector env; None builds `make_env(env, tasks, ...)`
-    # "physx_cpu": CPU worker processes; "physx_cuda": ManiSkill's GPU batching (many envs, one process)
-    sim_backend: str = "physx_cpu"
-    # "dense": RLRC's reward (1.0 placed, 0.1 grasped); "sparse": 1.0 placed only (ManiSkill suite; see docs)
-    reward_mode: str = "dense"
-    # "gae": the critic's GAE (RL4VLA). "group": every `group_size` envs start from the same state (same reset
-    # seed) and all steps of an episode get its return minus its group's mean return (RLOO / GRPO's baseline):
-    # the outcome of the actions is compared with other tries of the same layout, not with a critic's guess.
-    advantage: str | Callable = "gae"  # "gae", "group", or an `AdvantageEstimator` callable
-    group_size: int = 4  # envs per start state with advantage="group"
-    # schedule
-    total_env_steps: int = 600_000  # RLRC trains for 0.6M env steps
-    rollout_steps: int | None = None  # steps per env per update; None = one episode
-    minibatch_size: int = 256  # transitions per optimizer step (per process)
-    micro_batch_size: int | None = None  # gradient-accumulation chunk; None = whole minibatch
-    update_epochs: int = 1
-    # algorithm
-    temperature: float = 1.0  # rollout sampling temperature
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    norm_adv: bool = True  # normalise advantages over the whole buffer
-    # A rollout with no reward anywhere carries no policy signal: normalising its advantages would blow the
-    # critic's noise up to unit variance and push the policy at random. Such updates train the critic only.
-    skip_policy_without_reward: bool = True
-    # True (RL4VLA): the value loss also trains the shared VLA; False: only the value head learns from it.
-    critic_trains_backbone: bool = True
-    # The first updates train the critic only (verl's `critic_warmup`): a fresh value head's advantages are
-    # noise, and policy steps taken on them undo what SFT taught before the critic can tell good from bad.
-    critic_warmup_updates: int = 0
-    clip_coef: float = 0.2
-    vf_clip_coef: float = 0.2
-    huber_delta: float = 10.0
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 10.0
-    # Stop an update early once a minibatch's approximate KL exceeds 1.5 x target_kl (Stable-Baselines3's
-    # rule, CleanRL's `target_kl`); None = always run every epoch. Guards small rollouts with several epochs.
-    target_kl: float | None = None
-    learning_rate: float = 1e-4  # policy (the VLA)
-    critic_learning_rate: float = 3e-3  # value head
-    weight_decay: float = 0.0
-    bootstrap_truncated: bool = True  # add gamma * V(final obs) at time-limit ends
-    # run
-    device: str | None = None  # "cpu", "cuda"; None = cuda when available
-    dtype: str | None = None  # "float32", "bfloat16", ...; None keeps the model's
-    seed: int = 0
-    num_threads: int | None = None  # torch CPU threads; 1 avoids oversubscription next to env workers
-    output_dir: str | Path = "outputs/ppo"
-    checkpoint_every: int = 10  # updates; 0 = only at the end
-    keep_checkpoints: int = 2
-    resume: bool = False
-    max_env_restarts: int = 3  # consecutive env re-creations before giving up on an episode
-    eval_every: int = 0  # updates; 0 = never
-    eval_fn: Callable[[Any], dict[str, float]] | None = None  # model -> metrics; None = evaluation.evaluate
-    progress: bool = True
-
-    @property
-    def steps_per_rollout(self) -> int:
-        return self.rollout_steps if self.rollout_steps is not None else self.episode_steps
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot run; does no work."""
-        for name in ("total_env_steps", "num_envs", "episode_steps", "minibatch_size", "update_epochs", "group_size"):
-            require_int(name, getattr(self, name), 1)
-        require_int("rollout_steps", self.rollout_steps, 1, optional=True)
-        require_int("num_threads", self.num_threads, 1, optional=True)
-        require_int("micro_batch_size", self.micro_batch_size, 1, optional=True)
-        for name in ("checkpoint_every", "keep_checkpoints", "eval_every", "max_env_restarts", "critic_warmup_updates",
-                     "seed"):
-            require_int(name, getattr(self, name), 0)
-        for name in ("learning_rate", "critic_learning_rate", "temperature", "clip_coef", "vf_clip_coef",
-                     "huber_delta"):
-            require_number(name, getattr(self, name))
-        require_number("max_grad_norm", self.max_grad_norm, allow_inf=True)  # < 0 would reverse the gradient
-        require_number("target_kl", self.target_kl, optional=True)
-        for name in ("ent_coef", "vf_coef", "weight_decay"):
-            require_number(name, getattr(self, name), inclusive=True)
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.steps_per_rollout % self.episode_steps:
-            raise ValueError(f"rollout_steps ({self.steps_per_rollout}) must be a multiple of episode_steps "
-                             f"({self.episode_steps}): rollouts hold whole episodes")
-        buffer_size = self.steps_per_rollout * self.num_envs
-        if self.minibatch_size > buffer_size:
-            raise ValueError(f"minibatch_size ({self.minibatch_size}) is larger than the rollout buffer "
-                             f"(rollout_steps x num_envs = {buffer_size})")
-        if self.micro_batch_size is not None and not 0 < self.micro_batch_size <= self.minibatch_size:
-            raise ValueError(f"micro_batch_size must be in [1, minibatch_size], got {self.micro_batch_size!r}")
-        if self.total_env_steps < buffer_size:
-            raise ValueError(f"total_env_steps ({self.total_env_steps}) is less than one rollout ({buffer_size})")
-        if self.device is not None and str(self.device).split(":")[0] not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.dtype is not None and not isinstance(getattr(torch, str(self.dtype).removeprefix("torch."), None),
-                                                     torch.dtype):
-            raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {self.dtype!r}")
-        if self.env_factory is None:
-            self._suite_and_tasks()
-        if not (callable(self.advantage) or self.advantage in ADVANTAGES):
-            raise ValueError(f"advantage must be one of {ADVANTAGES} or a callable estimator, got {self.advantage!r}")
-        from vla_compress.envs.vector import check_env_settings
-
-        check_env_settings(self.reward_mode, self.sim_backend)
-        if self.advantage == "group" and self.sim_backend != "physx_cpu" and self.env_factory is None:
-            # the suite draws layouts with torch.rand, which ManiSkill seeds once per GPU batch (episode seed 0):
-            # the sub-envs of a group would not start alike
-            raise ValueError("advantage='group' needs per-env reset seeds: use sim_backend='physx_cpu' or an "
-                             "env_factory whose sub-envs honour a list of seeds")
-        if self.advantage == "group" and (self.group_size < 2 or self.num_envs % self.group_size):
-            raise ValueError(f"group_size must be >= 2 and divide num_envs ({self.num_envs}) with "
-                             f"advantage='group', got {self.group_size!r}")
-        check_output_dir(Path(self.output_dir).expanduser().resolve(), self.resume)
-
-    def reset_seeds(self, seed: int) -> int | list[int]:
-        """The reset seed(s) of one episode round: one per group of envs with advantage="group"."""
-        if self.advantage != "group":
-            return seed  # the vector env gives sub-env i the seed `seed + i`
-        return [seed + i // self.group_size for i in range(self.num_envs)]
-
-    def _suite_and_tasks(self) -> tuple[str, list[str]]:
-        from vla_compress.envs import SUITES, resolve_tasks
-
-        suite, _, task = self.env.partition(":")
-        if suite not in SUITES:
-            raise ValueError(f"unknown env {self.env!r}; suites: {SUITES} (optionally 'suite:task_id')")
-        return suite, resolve_tasks(task or self.tasks)
-
-
-# ---- the PPO equations --------------------------------------------------------------------------------
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
-                next_done: torch.Tensor, gamma: float = 0.99, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE(gamma, lambda) as in CleanRL: `[T, N]` inputs -> (advantages, returns).
-
-    `dones[t]` is 1 when observation t starts a new episode; `next_value`/`next_done` describe the
-    observation after the last step. Time-limit bootstraps belong in `rewards` already.
-    """
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = torch.zeros_like(rewards[0])
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
-    return advantages, advantages + values
-
-
-def group_advantages(episode_returns: torch.Tensor, group_size: int, episode_steps: int) -> torch.Tensor:
-    """Advantages `[E * episode_steps, N]` from episode returns `[E, N]` (E episode rounds of N envs, where
-    envs `k * group_size ... (k + 1) * group_size - 1` shared a start state): every step of an episode gets its
-    return minus the mean return of its group. Groups whose tries all ended alike carry no signal (zeros)."""
-    rounds, num_envs = episode_returns.shape
-    if group_size < 1 or num_envs % group_size:
-        raise ValueError(f"group_size must be >= 1 and divide the number of envs ({num_envs}), got {group_size!r}")
-    grouped = episode_returns.float().reshape(rounds, num_envs // group_size, group_size)
-    advantages = (grouped - grouped.mean(-1, keepdim=True)).reshape(rounds, num_envs)
-    return advantages.repeat_interleave(episode_steps, dim=0)
-
-
-# (buffer, rollout stats, config) -> (advantages [T, N], returns [T, N], share of informative groups or None)
-AdvantageEstimator = Callable[[RolloutBuffer, dict, "PPOConfig"],
-                              tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
-
-
-def gae_estimate(buffer: RolloutBuffer, stats: dict, config: PPOConfig
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """GAE advantages and returns; every rollout ends at an episode end (next value 0, next done 1)."""
-    num_envs = buffer.rewards.shape[1]
-    advantages, returns = compute_gae(buffer.rewards, buffer.values, buffer.dones, torch.zeros(num_envs),
-                                      torch.ones(num_envs), config.gamma, config.gae_lambda)
-    return advantages, returns, None
-
-
-def group_estimate(buffer: RolloutBuffer, stats: dict, config: PPOConfig
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Group-baseline advantages (episode return minus its group's mean); the critic still learns GAE's
-    returns (a diagnostic only). Also the share of groups whose tries ended differently."""
-    _, returns, _ = gae_estimate(buffer, stats, config)
-    episode_returns = torch.as_tensor(stats["episodic_return"]).reshape(-1, config.num_envs)
-    advantages = group_advantages(episode_returns, config.group_size, config.episode_steps)
-    spread = (episode_returns.reshape(-1, config.group_size).std(-1) > 0).float().mean()
-    return advantages, returns, spread
-
-
-def estimate_advantages(buffer: RolloutBuffer, stats: dict, config: PPOConfig
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`config.advantage`'s estimator: a name in `ADVANTAGE_ESTIMATORS` or a callable of the same form
-    (e.g. a control that permutes the advantages, as benchmarks/ppo_tasks.py's shuffled run)."""
-    estimator = config.advantage if callable(config.advantage) else ADVANTAGE_ESTIMATORS[config.advantage]
-    return estimator(buffer, stats, config)
-
-
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"gae": gae_estimate, "group": group_estimate}
-
-
+# ---- the PPO losses ---------------------------------------------------------------------------------------
 def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
                clip_coef: float = 0.2, vf_clip_coef: float = 0.2, huber_delta: float = 10.0,
@@ -305,52 +97,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float("nan") if var_y == 0 else 1.0 - (returns - values).var().item() / var_y
 
 
-# ---- environments -----------------------------------------------------------------------------------------
-class EnvCrashed(RuntimeError):
-    """A vector-env call failed (e.g. a worker process died)."""
-
-
-class EnvRunner:
-    """Owns the vector env; re-creates it after a crash."""
-
-    def __init__(self, factory: EnvFactory, seed: int) -> None:
-        self.factory, self.seed, self.restarts = factory, seed, 0
-        self.envs = factory(seed)
-
-    def call(self, method: str, *args, **kwargs):
-        try:
-            return getattr(self.envs, method)(*args, **kwargs)
-        except Exception as err:  # any worker failure means: rebuild the env
-            raise EnvCrashed(f"vector env {method}() failed: {err!r}") from err
-
-    def restart(self, reason: Exception) -> None:
-        self.restarts += 1
-        logger.warning("recreating the vector env after a crash (%s); restart #%d", reason, self.restarts)
-        try:
-            self.envs.close()
-        except Exception as err:  # noqa: BLE001 - a dead env may fail to close
-            logger.debug("closing the crashed env failed: %r", err)
-        self.envs = self.factory(self.seed + 7919 * self.restarts)
-
-    def close(self) -> None:
-        self.envs.close()
-
-
-def default_env_factory(config: PPOConfig, image_size: int) -> EnvFactory:
-    """`seed -> make_env(...)` for the configured suite and tasks."""
-    from vla_compress.envs import make_env
-
-    suite, tasks = config._suite_and_tasks()
-    return partial(_make_env_seeded, make_env, suite, tasks, config.num_envs, image_size, config.episode_steps,
-                   config.reward_mode, config.sim_backend)
-
-
-def _make_env_seeded(make_env, suite, tasks, num_envs, image_size, episode_steps, reward_mode, sim_backend, seed):
-    return make_env(suite=suite, tasks=tasks, num_envs=num_envs, image_size=image_size, seed=seed,
-                    max_episode_steps=episode_steps, reward_mode=reward_mode, sim_backend=sim_backend)
-
-
-# ---- rollout ------------------------------------------------------------------------------------------------
+# ---- 1. rollout --------------------------------------------------------------------------------------------
 def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0: int, config: PPOConfig,
                 generator: torch.Generator, reset_seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fill rows `t0 .. t0 + episode_steps` of `buffer` with one episode of every env."""
@@ -386,13 +133,6 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
             "success_at_end": info_flag(step_info, "success", num_envs)}
 
 
-def step_result(obs, info: dict) -> tuple[Any, dict]:
-    """The observation and info that follow a step. An auto-resetting vector env (ManiSkill's
-    `ManiSkillVectorEnv` with `physx_cuda`) returns the next episode's first frame when an episode ends
-    and keeps the true ones in `info["final_observation"]` / `info["final_info"]`."""
-    return info.get("final_observation", obs), info.get("final_info", info)
-
-
 def collect_rollout(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, config: PPOConfig,
                     generator: torch.Generator, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fill `buffer` with whole episodes; an episode interrupted by an env crash is re-collected."""
@@ -413,7 +153,7 @@ def collect_rollout(runner: EnvRunner, model, value_head, buffer: RolloutBuffer,
     return {key: np.concatenate(value) for key, value in stats.items()}
 
 
-# ---- update ---------------------------------------------------------------------------------------------------
+# ---- 3. update (2., the advantages, are advantages.py) ------------------------------------------------
 def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, advantages: torch.Tensor,
                returns: torch.Tensor, config: PPOConfig, generator: torch.Generator,
                policy_signal: bool = True) -> dict[str, float]:
@@ -491,6 +231,22 @@ def ppo_update(agent, optimizer, accelerator, model, buffer: RolloutBuffer, adva
     return metrics
 
 
+def policy_signal(accelerator, config: PPOConfig, stats: dict[str, np.ndarray], advantages: torch.Tensor,
+                  spread: torch.Tensor | None, update: int) -> tuple[bool, dict[str, float]]:
+    """Whether this update may move the policy (on every process alike), and the group metrics.
+
+    Not during `critic_warmup_updates`; not when no episode earned an env reward (the buffer's rewards
+    also hold time-limit bootstraps, i.e. the critic's guesses) and `skip_policy_without_reward`; with
+    the group baseline, not when every group's tries ended alike (all advantages zero)."""
+    signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
+    group_metrics: dict[str, float] = {}
+    if spread is not None:
+        signal = signal and bool(advantages.any())
+        group_metrics["charts/informative_groups"] = accelerator.reduce(  # all processes
+            spread.to(accelerator.device), reduction="mean").item()
+    return any_process(accelerator, signal and update >= config.critic_warmup_updates), group_metrics
+
+
 def any_process(accelerator, flag: bool) -> bool:
     """True when `flag` holds on any process: all processes then take the same kind of update."""
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
@@ -503,20 +259,6 @@ def kl_exceeded(accelerator, approx_kl: float, target_kl: float | None) -> bool:
         return False
     kl = accelerator.reduce(torch.tensor(approx_kl, device=accelerator.device), reduction="mean")
     return float(kl) > 1.5 * target_kl
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------------
-def _load_model_weights(model, checkpoint: Path) -> None:
-    """Load a `save_pretrained` directory's weights into `model` (in place, exact)."""
-    index = checkpoint / "model.safetensors.index.json"
-    if index.exists():
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        load_sharded_checkpoint(model, str(checkpoint), strict=False)
-        return
-    _, unexpected = model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint {checkpoint} does not match the model: unexpected keys {unexpected[:5]}")
 
 
 # ---- the training loop ------------------------------------------------------------------------------------
@@ -550,16 +292,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
         {"params": [p for p in model.parameters() if p.requires_grad], "lr": config.learning_rate},
         {"params": list(value_head.parameters()), "lr": config.critic_learning_rate},
     ], weight_decay=config.weight_decay)
-
-    start_update = 0
-    checkpoint = latest_checkpoint(output_dir) if config.resume else None
-    if checkpoint is not None:
-        state = load_trainer_state(checkpoint, run)
-        _load_model_weights(model, checkpoint)
-        load_value_head(value_head, checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        start_update = int(state["update"])
-        logger.info("resuming from %s (update %d)", checkpoint, start_update)
+    start_update = _resume(output_dir, run, agent, optimizer) if config.resume else 0
     agent, optimizer = accelerator.prepare(agent, optimizer)
 
     metrics_logger = MetricsLogger(output_dir) if accelerator.is_main_process else None
@@ -584,18 +317,11 @@ def train_ppo(model, config: PPOConfig) -> Any:
                                     update_seed, accelerator.device)
             rollout_time = time.time() - start_time
 
-            # 2. advantages (the estimator chosen once, above) and the returns the critic regresses on
+            # 2. advantages (the estimator PPOConfig.advantage names) and the returns the critic regresses on
             advantages, returns, spread = estimate_advantages(buffer, stats, config)
 
-            # 3. PPO update
-            # the env's own rewards (the buffer's also hold time-limit bootstraps, i.e. the critic's guesses)
-            signal = not config.skip_policy_without_reward or bool(np.any(stats["episodic_return"] != 0))
-            group_metrics: dict[str, float] = {}
-            if spread is not None:  # group baseline: a start state whose tries all ended alike teaches nothing
-                signal = signal and bool(advantages.any())
-                group_metrics["charts/informative_groups"] = accelerator.reduce(  # all processes
-                    spread.to(accelerator.device), reduction="mean").item()
-            signal = any_process(accelerator, signal and update >= config.critic_warmup_updates)
+            # 3. PPO update (critic only when the rollout carries no policy signal)
+            signal, group_metrics = policy_signal(accelerator, config, stats, advantages, spread, update)
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
 
@@ -627,6 +353,19 @@ def train_ppo(model, config: PPOConfig) -> Any:
             metrics_logger.close()
     model.eval()
     return accelerator.unwrap_model(agent).model
+
+
+def _resume(output_dir: Path, run: dict[str, Any], agent: ActorCritic, optimizer) -> int:
+    """Load the newest intact checkpoint of this run into `agent` and `optimizer`; the update to start at."""
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        return 0
+    state = load_trainer_state(checkpoint, run)
+    load_model_weights(agent.model, checkpoint)
+    load_value_head(agent.value_head, checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    logger.info("resuming from %s (update %d)", checkpoint, int(state["update"]))
+    return int(state["update"])
 
 
 def _rollout_metrics(accelerator, stats: dict[str, np.ndarray]) -> dict[str, float]:
