@@ -29,9 +29,11 @@ from report import (  # noqa: F401  (re-exported for the benchmarks)
     machine_line,
     percent,
     ratio,
+    report_main,
     table,
     versions,
     write_json,
+    write_report,
 )
 
 from vla_compress import SFTConfig, load_vla, prune, quantize, recover

@@ -48,13 +48,14 @@ from common import (
     parser_for,
     percent,
     pyplot,
+    report_main,
     save_figure,
     stage_lines,
     stage_seconds,
     suite_note,
     table,
     versions,
-    write_json,
+    write_report,
 )
 
 COLUMNS = ("method", "ratio", "ind_sr", "ood_sr", "mean_sr", "params", "param_fraction", "memory_mb")
@@ -97,10 +98,9 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(), "versions": versions(), "columns": list(COLUMNS), "rows": rows,
         "stage_seconds": stage_seconds(args.output_dir),
     }
-    write_json(args.output_dir / "fig2.json", result)
-    (args.output_dir / "fig2.md").write_text(markdown(result))
+    written = write_report(args.output_dir, "fig2", result, markdown(result))
     plot(result, args.output_dir / "fig2.png")
-    p.log(f"wrote {args.output_dir}/fig2.json, fig2.md, fig2.png")
+    p.log(f"wrote {args.output_dir}/{written}, fig2.png")
     return result
 
 
@@ -143,11 +143,7 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "fig2.md").read_text())
-    return result
+main = report_main("fig2", parse_args, run)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ from common import (
     pyplot,
     quantized,
     ratio,
+    report_main,
     save_figure,
     stage_lines,
     stage_seconds,
     table,
     versions,
-    write_json,
+    write_report,
 )
 
 IMPORTANCES = ("l2", "l1", "taylor")
@@ -115,10 +116,9 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": args.dtype, "seed": args.seed, "settings": dataclasses.asdict(preset), "machine": machine(),
         "versions": versions(), "columns": list(COLUMNS), "rows": rows, "stage_seconds": stage_seconds(args.output_dir),
     }
-    write_json(args.output_dir / "fig4.json", result)
-    (args.output_dir / "fig4.md").write_text(markdown(result))
+    written = write_report(args.output_dir, "fig4", result, markdown(result))
     plot(result, args.output_dir / "fig4.png")
-    p.log(f"wrote {args.output_dir}/fig4.json, fig4.md, fig4.png")
+    p.log(f"wrote {args.output_dir}/{written}, fig4.png")
     return result
 
 
@@ -163,11 +163,7 @@ def plot(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "fig4.md").read_text())
-    return result
+main = report_main("fig4", parse_args, run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,33 @@ import torch
 
 
 def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `path` atomically (a temporary sibling renamed into place): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_report(output_dir: Path, name: str, result: dict, markdown: str) -> str:
+    """`output_dir/name.json` (the result) and `output_dir/name.md` (its table); returns their names."""
+    write_json(output_dir / f"{name}.json", result)
+    write_text(output_dir / f"{name}.md", markdown)
+    return f"{name}.json, {name}.md"
+
+
+def report_main(name: str, parse_args: Callable[[list[str] | None], Any], run: Callable[[Any], dict]
+                ) -> Callable[[list[str] | None], dict]:
+    """A benchmark's `main(argv)`: parse, run, print the markdown report `name.md` it wrote."""
+    def main(argv: list[str] | None = None) -> dict:
+        args = parse_args(argv)
+        result = run(args)
+        print((args.output_dir / f"{name}.md").read_text())
+        return result
+    return main
 
 
 def versions() -> dict[str, str | None]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from report import fmt, machine, machine_line, ratio, table, versions, write_json
+from report import fmt, machine, machine_line, ratio, report_main, table, versions, write_report
 from table3_hardware import compress, release_memory
 
 from vla_compress import load_vla
@@ -154,8 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "settings": {"batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters,
                            "round_to": args.round_to, "seed": args.seed, "image_size": 128},
               "models": models}
-    write_json(args.output_dir / "speed.json", result)
-    (args.output_dir / "speed.md").write_text(markdown(result))
+    write_report(args.output_dir, "speed", result, markdown(result))
     return result
 
 
@@ -183,11 +182,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "speed.md").read_text())
-    return result
+main = report_main("speed", parse_args, run)
 
 
 if __name__ == "__main__":

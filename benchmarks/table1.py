@@ -50,11 +50,12 @@ from common import (
     parser_for,
     percent,
     quantized,
+    report_main,
     stage_lines,
     stage_seconds,
     suite_note,
     table,
-    write_json,
+    write_report,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -165,17 +166,12 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(), "columns": list(COLUMNS), "rows": rows, "stage_seconds": stage_seconds(args.output_dir),
         "paper_table1": [dict(zip(PAPER_FIELDS, r, strict=True)) for r in PAPER_TABLE1],
     }
-    write_json(args.output_dir / "table1.json", result)
-    (args.output_dir / "table1.md").write_text(markdown(result))
-    p.log(f"wrote {args.output_dir}/table1.json, table1.md")
+    written = write_report(args.output_dir, "table1", result, markdown(result))
+    p.log(f"wrote {args.output_dir}/{written}")
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "table1.md").read_text())
-    return result
+main = report_main("table1", parse_args, run)
 
 
 if __name__ == "__main__":

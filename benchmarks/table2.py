@@ -51,12 +51,13 @@ from common import (
     percent,
     pyplot,
     quantized,
+    report_main,
     save_figure,
     stage_lines,
     stage_seconds,
     suite_note,
     table,
-    write_json,
+    write_report,
 )
 
 TABLE_RATIO = 0.9
@@ -142,11 +143,10 @@ def run(args: argparse.Namespace) -> dict:
         "fig2": fig2, "fig4": fig4, "stage_seconds": stage_seconds(args.output_dir),
         "paper_table2": [dict(zip(PAPER_FIELDS, r, strict=True)) for r in PAPER_TABLE2],
     }
-    write_json(args.output_dir / "table2.json", result)
-    (args.output_dir / "table2.md").write_text(markdown(result))
+    written = write_report(args.output_dir, "table2", result, markdown(result))
     plot_fig2(result, args.output_dir / "fig2_success_vs_sparsity.png")
     plot_fig4(result, args.output_dir / "fig4_throughput_vs_sparsity.png")
-    p.log(f"wrote {args.output_dir}/table2.json, table2.md, fig2_success_vs_sparsity.png, "
+    p.log(f"wrote {args.output_dir}/{written}, fig2_success_vs_sparsity.png, "
           "fig4_throughput_vs_sparsity.png")
     return result
 
@@ -212,11 +212,7 @@ def plot_fig4(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "table2.md").read_text())
-    return result
+main = report_main("table2", parse_args, run)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,11 @@ from common import (
     quantized,
     ratio,
     recorded_episode,
+    report_main,
     save_figure,
     stage_lines,
     stage_seconds,
-    write_json,
+    write_report,
 )
 
 from vla_compress import PPOConfig, VLACachePolicy, recover
@@ -279,19 +280,14 @@ def run(args: argparse.Namespace) -> dict:
         "stage_seconds": stage_seconds(args.output_dir),
         "paper_table3": [dict(zip(PAPER_FIELDS, r, strict=True)) for r in PAPER_TABLE3],
     }
-    write_json(args.output_dir / "table3.json", result)
-    (args.output_dir / "table3.md").write_text(markdown(result))
+    written = write_report(args.output_dir, "table3", result, markdown(result))
     fig9({name: m["eval"] for name, m in stages.items()}, args.output_dir / "fig9_stages.png")
     fig8(args.output_dir / "sft", args.output_dir / "ppo", args.output_dir / "fig8_curves.png")
-    p.log(f"wrote {args.output_dir}/table3.json, table3.md, fig9_stages.png, fig8_curves.png")
+    p.log(f"wrote {args.output_dir}/{written}, fig9_stages.png, fig8_curves.png")
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "table3.md").read_text())
-    return result
+main = report_main("table3", parse_args, run)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from report import fmt, machine, machine_line, ratio, table, versions, write_json
+from report import fmt, machine, machine_line, ratio, report_main, table, versions, write_report
 
 from vla_compress import VLACachePolicy, load_vla, prune, quantize
 from vla_compress.evaluation import profile
@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                    "iters": args.iters, "seed": args.seed, "image_size": 128,
                                                    "round_to": args.round_to},
               "rows": rows}
-    write_json(args.output_dir / "table3_hardware.json", result)
-    (args.output_dir / "table3_hardware.md").write_text(markdown(result))
+    write_report(args.output_dir, "table3_hardware", result, markdown(result))
     return result
 
 
@@ -173,11 +172,7 @@ def markdown(result: dict) -> str:
     ]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    print((args.output_dir / "table3_hardware.md").read_text())
-    return result
+main = report_main("table3_hardware", parse_args, run)
 
 
 if __name__ == "__main__":

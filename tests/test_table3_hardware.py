@@ -36,6 +36,7 @@ def test_table3_hardware_rows_on_tiny(tmp_path):
     assert rows["dense_4bit"]["memory_gb"] < rows["dense_8bit"]["memory_gb"] < rows["dense"]["memory_gb"]
     assert all(r["latency_ms"] > 0 and r["throughput"] > 0 for r in rows.values())
     assert result["settings"]["round_to"] == 8 and "RLRC-4bit" in (tmp_path / "table3_hardware.md").read_text()
+    assert (tmp_path / "table3_hardware.md").read_text() in done.stdout  # main() prints the report it wrote
 
 
 def test_openvla_7b_preset_builds_with_a_processor_without_host_memory():
