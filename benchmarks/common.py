@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
-import importlib.util
 import json
 import shutil
 import time
@@ -39,12 +37,17 @@ from report import (  # noqa: F401  (re-exported for the benchmarks)
 from vla_compress import SFTConfig, load_vla, prune, quantize, recover
 from vla_compress.data import DemoDataset, generate_demos
 from vla_compress.data.libero_hdf5 import LiberoDataset
+from vla_compress.deps import installed
 from vla_compress.envs import TASKS_IND, TASKS_OOD
 from vla_compress.envs.libero import INSTALL_HELP, LIBERO_SUITES
 from vla_compress.evaluation import evaluate, profile
 from vla_compress.pruning import hold_sparsity
 
 SMOKE_TASKS = [TASKS_IND[0], TASKS_OOD[0]]
+# Evaluation episode seed of every benchmark on our suite (train_base.py's too): `evaluate` seeds episode k of
+# task t with EVAL_SEED * 1_000_003 + t * 1000 + k, apart from the demos' (seed 0: t * 10_000 + k), the
+# base's layouts and DAgger rounds (seeds 100-200, x 1_000_000) and PPO's (1.5e9 and up).
+EVAL_SEED = 1
 SUITES = ("maniskill", *LIBERO_SUITES)
 MANISKILL_NOTE = ("our ManiSkill3 suite (16 IND / 9 OOD tasks), not the paper's LIBERO: compare with its LIBERO "
                   "numbers for reference only (`--suite libero_spatial` / `libero_10` with `--demos` runs LIBERO)")
@@ -119,7 +122,11 @@ def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: as stored)")
     parser.add_argument("--sft-steps", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per task")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="demos generated here, calibration, SFT, PPO")
+    parser.add_argument("--eval-seed", type=int, default=None,
+                        help=f"evaluation episodes (default {EVAL_SEED} on maniskill: no demo, layout or DAgger seed "
+                             "of the base's recipe nor the demos generated here at --seed 0; 0 on LIBERO: "
+                             "OpenVLA's init-state protocol)")
     parser.add_argument("--output-dir", type=Path, default=Path(output_dir))
     parser.add_argument("--demos", type=Path, default=None,
                         help="demo directory (default: generated into <output-dir>/demos)")
@@ -149,8 +156,13 @@ def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
     if suite != "maniskill":
         if args.demos is None:
             parser.error(f"--suite {suite} {LIBERO_DEMOS_HELP}")
-        if importlib.util.find_spec("libero") is None:
+        if not installed("libero"):
             parser.error(f"--suite {suite}: {INSTALL_HELP}")
+    if args.eval_seed is None:
+        args.eval_seed = EVAL_SEED if suite == "maniskill" else 0
+    if suite == "maniskill" and args.demos is None and args.eval_seed == args.seed:
+        parser.error(f"--eval-seed ({args.eval_seed}) must differ from --seed: the demos generated here use "
+                     "--seed's episode layouts, and an evaluation on them would score training data")
     ratios = getattr(args, "ratios", None)
     if ratios is not None:
         if not all(0 < r < 1 for r in ratios):
@@ -304,7 +316,7 @@ class Stages:
             libero = self.suite != "maniskill"
             result["eval"] = self.cached_json(self.out / "eval" / f"{key}.json", f"evaluate {key}", lambda: evaluate(
                 model(), suite=self.suite, tasks=preset.libero_tasks if libero else preset.eval_tasks,
-                episodes_per_task=preset.episodes, num_envs=preset.num_envs, seed=self.args.seed, image_size=128,
+                episodes_per_task=preset.episodes, num_envs=preset.num_envs, seed=self.args.eval_seed, image_size=128,
                 max_episode_steps=preset.libero_episode_steps if libero else preset.episode_steps,
                 progress=False).to_dict())
         if profiling:

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import EVAL_SEED
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -63,7 +64,7 @@ from vla_compress.recovery.sft import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PRESET_DIR = REPO / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
-DEMO_SEED, EVAL_SEED, DAGGER_SEED, LAYOUT_SEED = 0, 1, 100, 200  # episode seeds never overlap (see --help)
+DEMO_SEED, DAGGER_SEED, LAYOUT_SEED = 0, 100, 200  # episode seeds never overlap with EVAL_SEED's (see --help)
 PROBE_SEED = 700  # benchmarks/layout_probe.py's held-out layouts: no training stage uses it
 
 

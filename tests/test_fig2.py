@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from benchmark_runner import run_smoke
+from benchmark_runner import ROOT, run_smoke
 
 COLUMNS = ["method", "ratio", "ind_sr", "ood_sr", "mean_sr", "params", "param_fraction", "memory_mb"]
 METHODS = ["llm_pruner", "flap"]
@@ -49,3 +49,12 @@ def test_fig2_smoke(tmp_path):
 def test_fig2_rejects_bad_ratios(tmp_path):
     done = run_smoke("fig2.py", tmp_path / "f2", "--ratios", "0.5", "1.0")
     assert done.returncode == 2 and "--ratios" in done.stderr
+
+
+def test_benchmarks_refuse_to_evaluate_on_the_layouts_of_their_own_demos(tmp_path, monkeypatch):
+    done = run_smoke("fig2.py", tmp_path / "f2", "--seed", "3", "--eval-seed", "3")
+    assert done.returncode == 2 and "--eval-seed (3) must differ from --seed" in done.stderr
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import fig2
+
+    assert fig2.parse_args(["--output-dir", str(tmp_path)]).eval_seed == 1  # EVAL_SEED, not the demos' seed 0

@@ -163,6 +163,12 @@ def test_group_mode_resets_each_group_from_one_seed(tmp_path):
                                                     group_size=2, critic_trains_backbone=False))
     first, second = FakeTaskEnv.reset_seeds[:2], FakeTaskEnv.reset_seeds[2:4]
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
+    # PPO's layouts lie above every evaluation and demonstration seed (evaluate: seed * 1_000_003 + task * 1000
+    # + k; demos and DAgger: seed * 1_000_000 + task * 10_000 + k; seeds below 1000)
+    from vla_compress.recovery.ppo import EPISODE_SEEDS
+
+    assert all(EPISODE_SEEDS <= s < 2**31 for s in first + second)
+    assert EPISODE_SEEDS > 999 * 1_000_003 + 25 * 1000 and EPISODE_SEEDS > 999 * 1_000_000 + 25 * 10_000
     row = read_metrics(tmp_path / "run")[-1]
     assert row["charts/informative_groups"] == 0.0 and row["charts/policy_updated"] == 0.0
     for key, value in _params(model).items():

@@ -62,6 +62,10 @@ from vla_compress.recovery.rollout import (
 from vla_compress.recovery.value_head import ActorCritic, ValueHead, load_value_head
 
 logger = logging.getLogger(__name__)
+# PPO's episodes reset from seeds at and above this: above every seed `evaluate` (seed * 1_000_003 + ...)
+# and `generate_demos` / `collect_dagger` (seed * 1_000_000 + ...) use for seeds below 1000, so the
+# layouts an evaluation scores are never the ones PPO trained on; below 2**31 for every simulator.
+EPISODE_SEEDS = 1_500_000_000
 
 
 # ---- the PPO losses ---------------------------------------------------------------------------------------
@@ -314,7 +318,7 @@ def train_ppo(model, config: PPOConfig) -> Any:
                 buffer = RolloutBuffer.allocate(config.steps_per_rollout, config.num_envs,
                                                 image_shape(runner.envs))
             stats = collect_rollout(runner, model, value_head, buffer, config, sample_generator,
-                                    update_seed, accelerator.device)
+                                    EPISODE_SEEDS + update_seed % 500_000_000, accelerator.device)
             rollout_time = time.time() - start_time
 
             # 2. advantages (the estimator PPOConfig.advantage names) and the returns the critic regresses on
