@@ -153,6 +153,13 @@ def test_yaml_reads_recover_sections_and_flags_override(tmp_path):
         config_from_yaml(path, ppo_steps=120).validate(tmp_path)
 
 
+def test_evaluation_layouts_are_not_the_generated_demos(tmp_path):
+    assert RLRCConfig().eval_seed == 1 != RLRCConfig().seed
+    with pytest.raises(ValueError, match=r"eval_seed \(3\) must differ from seed"):
+        RLRCConfig(seed=3, eval_seed=3).validate(tmp_path)
+    RLRCConfig(seed=3, eval_seed=3, demos=tmp_path).validate(tmp_path)  # demos brought from elsewhere
+
+
 def test_tasks_per_split_takes_the_first_of_each_split():
     config = RLRCConfig(tasks_per_split=2)
     assert config.eval_tasks() == [*TASKS_IND[:2], *TASKS_OOD[:2]]

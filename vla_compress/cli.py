@@ -389,7 +389,10 @@ def rlrc(
         int | None, typer.Option(help="Expert episodes per IND task when generating demos (default 2).")
     ] = None,
     num_envs: Annotated[int | None, typer.Option(help="Parallel simulator workers of the evaluations.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of demos, evaluation layouts and training.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the demos generated here and of training.")] = None,
+    eval_seed: Annotated[
+        int | None, typer.Option(help="Seed of the evaluation layouts (default 1; must differ from --seed).")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -424,7 +427,7 @@ def rlrc(
             config, demos=demos, ratio=ratio, sft_steps=sft_steps, ppo_steps=ppo_steps, bits=bits,
             episodes=episodes, tasks=parse_tasks(tasks) if tasks else None, tasks_per_split=tasks_per_split,
             episode_steps=episode_steps, demo_episodes=demo_episodes, num_envs=num_envs, seed=seed,
-            device=device, dtype=dtype,
+            eval_seed=eval_seed, device=device, dtype=dtype,
         )
         report = run_rlrc(model, settings, output)
     typer.echo(report.markdown())

@@ -85,7 +85,10 @@ class RLRCConfig:
     profile_iters: int = 20
     device: str = "cpu"
     dtype: str | None = None  # None: the stored dtype
-    seed: int = 0
+    seed: int = 0  # demos generated here, calibration, SFT, PPO
+    # evaluation layouts: `evaluate`'s episode seeds at `seed` include the demos' of `generate_demos` at the
+    # same seed, so the default differs (1: no demo, DAgger or PPO seed of this package's recipes)
+    eval_seed: int = 1
     sft: dict[str, Any] = field(default_factory=dict)
     rl: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -103,6 +106,10 @@ class RLRCConfig:
             require_int(name, getattr(self, name), 1)
         require_int("ppo_steps", self.ppo_steps, 0)
         require_int("seed", self.seed, 0)
+        require_int("eval_seed", self.eval_seed, 0)
+        if self.demos is None and self.eval_seed == self.seed:
+            raise ValueError(f"eval_seed ({self.eval_seed}) must differ from seed: the demos generated here use "
+                             "seed's episode layouts, and an evaluation on them would score training data")
         require_int("tasks_per_split", self.tasks_per_split, 1, optional=True)
         self.eval_tasks()
         resolve_tasks(self.demo_tasks)
@@ -474,7 +481,7 @@ def _measure(config: RLRCConfig, stage: str, label: str, path: str | None, model
              envs: SharedEnv) -> StageResult:
     """Evaluate and profile one stage's model (timings added to `seconds`)."""
     clock = time.perf_counter()
-    result = evaluate(model, tasks=config.eval_tasks(), episodes_per_task=config.episodes, seed=config.seed,
+    result = evaluate(model, tasks=config.eval_tasks(), episodes_per_task=config.episodes, seed=config.eval_seed,
                       image_size=EVAL_IMAGE_SIZE, max_episode_steps=config.episode_steps,
                       progress=config.progress, envs=envs.get())
     seconds["evaluate"] = time.perf_counter() - clock
