@@ -114,7 +114,7 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
         images = observation_images(obs)
         buffer.images[t], buffer.instructions[t] = images, instructions
         buffer.dones[t] = 1.0 if t == t0 else 0.0  # observation t0 starts a new episode
-        out = act(model, value_head, images, instructions, config.temperature, generator, device)
+        out = act(model, value_head, images, instructions, config.temperature, generator, device, config.decode)
         buffer.action_indices[t], buffer.log_probs[t], buffer.values[t] = (
             out["action_indices"], out["log_probs"], out["values"])
 
@@ -127,7 +127,7 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
         if t == t0 + config.episode_steps - 1 and config.bootstrap_truncated:
             # the episode is cut by the time limit, not ended: bootstrap with V(final observation)
             final_values = act(model, value_head, observation_images(next_obs), instructions, 0.0, None,
-                               device)["values"]
+                               device, config.decode)["values"]
             not_terminated = ~torch.as_tensor(terminated).bool().cpu().reshape(num_envs)
             reward = reward + config.gamma * final_values * not_terminated
         buffer.rewards[t] = reward

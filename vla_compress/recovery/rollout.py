@@ -66,10 +66,11 @@ def policy_inputs(model, images: np.ndarray, instructions, device: torch.device)
 
 @torch.no_grad()
 def act(model, value_head, images: np.ndarray, instructions, temperature: float,
-        generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
-    """Sample actions with batched decoding: `action_indices [N,7]`, `log_probs [N]`, `values [N]` (CPU)."""
+        generator: torch.Generator | None, device: torch.device, decode: str = "dynamic") -> dict[str, torch.Tensor]:
+    """Sample actions with batched decoding (`decode`: `generate_action_indices`' path): `action_indices
+    [N,7]`, `log_probs [N]`, `values [N]` (CPU)."""
     out = model.generate_action_indices(**policy_inputs(model, images, instructions, device),
-                                        temperature=temperature, generator=generator)
+                                        temperature=temperature, generator=generator, decode=decode)
     values = value_head(out["critic_features"])
     return {"action_indices": out["action_indices"].cpu(), "log_probs": out["log_probs"].float().cpu(),
             "values": values.float().cpu()}
