@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dagger-rounds", type=int, default=3)
     parser.add_argument("--dagger-episodes", type=int, default=8, help="learner rollouts per IND task per round")
     parser.add_argument("--dagger-steps", type=int, default=1000, help="training steps after each round")
-    parser.add_argument("--rollout-decode", choices=DECODE_PATHS, default="compiled",
-                        help="predict_action's decode path in the DAgger rollouts (compiled: about 2x faster for "
-                             "this small model here; the evaluation keeps the default path the card's command uses)")
+    parser.add_argument("--decode", choices=DECODE_PATHS, default="compiled",
+                        help="predict_action's decode path in the DAgger rollouts and the evaluation (compiled: "
+                             "about 2x faster per action for this small model here; the card's command names it)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dagger-lr", type=float, default=5e-4, help="peak lr of the training after a round")
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         began = time.perf_counter()
         dagger = out / f"dagger_{r}"
         if not (dagger / "summary.json").exists():
-            collect_dagger(Decoding(model, args.rollout_decode), dagger, tasks=tasks,
+            collect_dagger(Decoding(model, args.decode), dagger, tasks=tasks,
                            episodes_per_task=args.dagger_episodes,
                            seed=DAGGER_SEED + r, num_workers=args.num_envs, camera=args.camera)
             clock.record(f"dagger_{r}", time.perf_counter() - began)
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_path = out / "eval.json"
     if not eval_path.exists():
         evaluate(model, tasks=eval_tasks, episodes_per_task=args.eval_episodes, num_envs=args.num_envs, seed=EVAL_SEED,
-                 output=eval_path, camera=args.camera)
+                 output=eval_path, camera=args.camera, decode=args.decode)
         clock.record("eval", time.perf_counter() - began)
     result = json.loads(eval_path.read_text())
     success = success_summary(result)
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         "mean_episode_length": result["mean_episode_length"],
         "reproduce": "vla-compress evaluate tiny-maniskill --tasks all "
                      f"--episodes {args.eval_episodes} --seed {EVAL_SEED} --num-envs {args.num_envs} "
-                     f"--camera {args.camera}",
+                     f"--camera {args.camera} --decode {args.decode}",
         "camera": args.camera,
     }
     for name, text in (("model_card.json", json.dumps(card, indent=2)), ("eval_by_task.md", eval_table(result))):

@@ -456,6 +456,8 @@ def evaluate(
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
     camera: Annotated[str, typer.Option(help="ManiSkill base view the policy was trained on: front or workspace.")
                       ] = "front",
+    decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static or compiled.")
+                      ] = "dynamic",
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
@@ -487,6 +489,7 @@ def evaluate(
             unnorm_key=unnorm_key,
             output=output,
             camera=camera,
+            decode=decode,
         )
     for name, rate in (
         ("IND", result.ind_success_rate),
