@@ -137,6 +137,26 @@ def test_expert_recovers_in_the_simulator_from_perturbed_states():
         env.close()
 
 
+@pytest.mark.sim
+def test_a_reset_after_holding_the_cube_starts_ungrasped():
+    """ManiSkill's grasp check reads the last step's contacts: the suite must not carry them into a reset."""
+    from vla_compress.envs import make_env
+
+    env = make_env(tasks=["red_cube_on_blue_plate"], num_envs=1)
+    expert = ScriptedExpert(1)
+    try:
+        _, info = env.reset(seed=3, options={"tasks": ["red_cube_on_blue_plate"]})
+        for _ in range(40):
+            _, _, _, _, info = env.step(expert.act(info))
+            if bool(np.asarray(info["is_grasped"]).reshape(-1)[0]):
+                break
+        assert bool(np.asarray(info["is_grasped"]).reshape(-1)[0]), "the expert never grasped the cube"
+        _, info = env.reset(seed=4, options={"tasks": ["red_cube_on_blue_plate"]})
+        assert not bool(np.asarray(info["is_grasped"]).reshape(-1)[0])
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("kwargs, name", [({"episodes_per_task": 0}, "episodes_per_task"),
                                           ({"num_workers": 0}, "num_workers"), ({"expert_mix": 1.5}, "expert_mix"),
                                           ({"tasks": ["no_such_task"]}, "task")])

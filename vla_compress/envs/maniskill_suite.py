@@ -170,7 +170,9 @@ class PutCubeOnPlateEnv(BaseEnv):
 
     def evaluate(self) -> dict[str, torch.Tensor]:
         cube_p, plate_p = self.cube.pose.p, self.plate.pose.p
-        is_grasped = self.agent.is_grasping(self.cube)
+        # ManiSkill's is_grasping reads the last physics step's contacts, which at a reset are the previous
+        # episode's: an episode that ended holding the cube would start "grasped". Nothing is held at a start.
+        is_grasped = self.agent.is_grasping(self.cube) & (self.elapsed_steps > 0)
         on_plate_xy = torch.linalg.norm(cube_p[:, :2] - plate_p[:, :2], dim=1) < PLATE_RADIUS - 0.005
         resting_z = torch.abs(cube_p[:, 2] - (2 * PLATE_HALF_THICKNESS + CUBE_HALF)) < 0.01
         still = torch.linalg.norm(self.cube.linear_velocity, dim=1) < 0.1
