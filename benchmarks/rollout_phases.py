@@ -44,8 +44,10 @@ def episode_phases(state: np.ndarray, success: bool) -> dict[str, int | None]:
     """The first step of each phase in one episode's states `[T, STATE_DIM]` (None: never reached)."""
     col = state_columns()
     cube, plate = state[:, col["cube_pos"]], state[:, col["plate_pos"]]
+    grasped = state[:, col["is_grasped"]][:, 0] > 0.5
+    grasped[0] = False  # nothing is held at a start; files recorded before 2026-12-01 may say otherwise there
     phases = {
-        "grasped": first_step(state[:, col["is_grasped"]][:, 0] > 0.5),
+        "grasped": first_step(grasped),
         "lifted": first_step(cube[:, 2] - cube[0, 2] > LIFT_M),
         "over plate": first_step(np.linalg.norm(cube[:, :2] - plate[:, :2], axis=1) < OVER_PLATE_M),
     }
