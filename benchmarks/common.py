@@ -158,9 +158,10 @@ def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
             parser.error(f"--suite {suite} {LIBERO_DEMOS_HELP}")
         if not installed("libero"):
             parser.error(f"--suite {suite}: {INSTALL_HELP}")
-    if hasattr(args, "eval_seed") and args.eval_seed is None:  # parser_for's flags (not every benchmark's)
+    if getattr(args, "eval_seed", 0) is None:  # parser_for's flag; ppo_tasks.py has its own
         args.eval_seed = EVAL_SEED if suite == "maniskill" else 0
-    if suite == "maniskill" and getattr(args, "demos", 1) is None and args.eval_seed == args.seed:
+    generates_demos = suite == "maniskill" and hasattr(args, "demos") and args.demos is None
+    if generates_demos and args.eval_seed == args.seed:
         parser.error(f"--eval-seed ({args.eval_seed}) must differ from --seed: the demos generated here use "
                      "--seed's episode layouts, and an evaluation on them would score training data")
     ratios = getattr(args, "ratios", None)
