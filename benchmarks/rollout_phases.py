@@ -4,10 +4,18 @@ Reads episode files with privileged state (`generate_demos` or `collect_dagger` 
 per task, `state` columns as `vla_compress.data.demos.STATE_FIELDS`) and reports, per directory, how
 many episodes reached each phase of a pick-and-place (grasped, lifted, carried over the target plate,
 placed = success) and at which step, the steps left after the cube first came over the plate, and
-each failed episode's last phase. Comparing the expert's demos with a learner's DAgger rollouts shows
-the phase the learner loses:
+each failed episode's last phase; of the episodes that lifted the cube and never brought it over the
+plate, how many dropped it with the fingers opening, let it slip with them closed, and grasped it again.
+Comparing the expert's demos with a learner's DAgger rollouts shows the phase the learner loses:
 
     python benchmarks/rollout_phases.py /work/runs/base3/demos /work/runs/base3/dagger_1
+
+With ``--checkpoint`` it also runs a policy (greedy) on the recorded frames and compares its gripper
+command with the expert's label where that matters most: frames holding the lifted cube (the expert
+says closed) and frames with the TCP low and nothing held (the expert says open unless it is closing
+on the cube):
+
+    python benchmarks/rollout_phases.py /work/runs/base3/dagger_2 --checkpoint /work/runs/base3/train_1/step_00001000
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import numpy as np
 from vla_compress.data.demos import STATE_FIELDS
 
 LIFT_M = 0.02  # the cube counts as lifted this far above its start height
+LOW_TCP_M = 0.05  # the TCP counts as low below this height (the cube's top is at 0.04)
+OPENING_M = 0.002  # the fingers count as opening when their gap widens by more than this in one step
 OVER_PLATE_M = 0.03  # the cube counts as over the plate within this xy distance of its centre
 PHASES = ("grasped", "lifted", "over plate", "placed")
 
@@ -55,6 +65,27 @@ def episode_phases(state: np.ndarray, success: bool) -> dict[str, int | None]:
     return phases
 
 
+def carry_failure(state: np.ndarray) -> dict[str, bool] | None:
+    """How a lifted cube was lost: None unless the cube was lifted and later released (not grasped).
+
+    ``opened``: the finger gap widened at the release step or the one before (the policy opened);
+    else it slipped out of closed fingers. ``regrasped``: grasped again later in the episode."""
+    col = state_columns()
+    cube = state[:, col["cube_pos"]]
+    grasped = state[:, col["is_grasped"]][:, 0] > 0.5
+    grasped[0] = False
+    width = state[:, col["gripper_width"]][:, 0]
+    lift = first_step(cube[:, 2] - cube[0, 2] > LIFT_M)
+    if lift is None:
+        return None
+    release = first_step(~grasped[lift:])
+    if release is None:
+        return None
+    release += lift
+    widened = np.diff(width[max(release - 2, 0):release + 1]) > OPENING_M
+    return {"opened": bool(widened.any()), "regrasped": bool(grasped[release:].any())}
+
+
 def summarise(directory: Path) -> dict:
     """Phase statistics of every episode in `directory`'s HDF5 files."""
     episodes = []
@@ -62,8 +93,9 @@ def summarise(directory: Path) -> dict:
         with h5py.File(path, "r") as f:
             for name in f:
                 group = f[name]
-                phases = episode_phases(np.asarray(group["state"]), bool(group.attrs["success"]))
-                episodes.append({"phases": phases, "length": len(group["state"])})
+                state = np.asarray(group["state"])
+                episodes.append({"phases": episode_phases(state, bool(group.attrs["success"])),
+                                 "carry": carry_failure(state), "length": len(state)})
     if not episodes:
         raise ValueError(f"{directory} holds no episode files (*.hdf5)")
     summary: dict = {"episodes": len(episodes), "phases": {}}
@@ -79,7 +111,54 @@ def summarise(directory: Path) -> dict:
             reached = [p for p in PHASES[:-1] if e["phases"][p] is not None]
             last[reached[-1] if reached else "nothing"] += 1
     summary["failed_after"] = dict(last)
+    lost = [e["carry"] for e in episodes
+            if e["phases"]["lifted"] is not None and e["phases"]["over plate"] is None and e["carry"] is not None]
+    summary["carry_losses"] = {"episodes": len(lost), "opened": sum(c["opened"] for c in lost),
+                               "slipped": sum(not c["opened"] for c in lost),
+                               "regrasped": sum(c["regrasped"] for c in lost)}
     return summary
+
+
+def gripper_frames(directory: Path) -> dict[str, list[tuple[np.ndarray, str, float]]]:
+    """(frame, instruction, expert gripper label) of the two probed frame kinds in `directory`."""
+    col = state_columns()
+    frames: dict[str, list] = {"holding, lifted": [], "free, TCP low": []}
+    for path in sorted(directory.glob("*.hdf5")):
+        with h5py.File(path, "r") as f:
+            for name in f:
+                group = f[name]
+                state, actions = np.asarray(group["state"]), np.asarray(group["actions"])
+                grasped = state[:, col["is_grasped"]][:, 0] > 0.5
+                grasped[0] = False
+                lifted = state[:, col["cube_pos"]][:, 2] - state[0, col["cube_pos"]][2] > LIFT_M
+                low = state[:, col["tcp_pos"]][:, 2] < LOW_TCP_M
+                for kind, rows in (("holding, lifted", grasped & lifted), ("free, TCP low", ~grasped & low)):
+                    for t in np.flatnonzero(rows):
+                        frames[kind].append((group["rgb"][t], str(group.attrs["instruction"]), float(actions[t, 6])))
+    return frames
+
+
+def probe_gripper(checkpoint: Path, directory: Path, batch_size: int = 64) -> dict[str, dict]:
+    """Per frame kind: frames, and the shares where the policy / the expert command open, and disagree."""
+    from vla_compress.loading import load_vla
+
+    model = load_vla(checkpoint)
+    result = {}
+    for kind, items in gripper_frames(directory).items():
+        if not items:
+            result[kind] = {"frames": 0}
+            continue
+        commands = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            actions = model.predict_action(np.stack([c[0] for c in chunk]), [c[1] for c in chunk])
+            commands.append(actions[:, 6])
+        policy_open = np.concatenate(commands) > 0
+        expert_open = np.array([c[2] for c in items]) > 0
+        result[kind] = {"frames": len(items), "policy_open": float(policy_open.mean()),
+                        "expert_open": float(expert_open.mean()),
+                        "disagree": float((policy_open != expert_open).mean())}
+    return result
 
 
 def markdown(summaries: dict[str, dict]) -> str:
@@ -93,18 +172,40 @@ def markdown(summaries: dict[str, dict]) -> str:
         cells.append(f"{left:.0f}" if left is not None else "-")
         cells.append(", ".join(f"{k} {v}" for k, v in sorted(s["failed_after"].items())) or "none")
         lines.append(f"| {name} ({s['episodes']}) | " + " | ".join(cells) + " |")
+    lines += ["", "| episodes | lifted, lost before the plate | fingers opened | slipped (closed) | grasped again |",
+              "|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        c = s["carry_losses"]
+        lines.append(f"| {name} | {c['episodes']} | {c['opened']} | {c['slipped']} | {c['regrasped']} |")
+    return "\n".join(lines) + "\n"
+
+
+def probe_markdown(probes: dict[str, dict]) -> str:
+    lines = ["| episodes | frames of | count | policy: open | expert: open | disagree |", "|---|---|---|---|---|---|"]
+    for name, probe in probes.items():
+        for kind, p in probe.items():
+            if p["frames"]:
+                lines.append(f"| {name} | {kind} | {p['frames']} | {p['policy_open']:.0%} | {p['expert_open']:.0%} "
+                             f"| {p['disagree']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directories", type=Path, nargs="+", help="demo or DAgger directories")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a policy directory (OpenVLA format) whose gripper commands to probe on the frames")
     args = parser.parse_args(argv)
-    for directory in args.directories:
+    for directory in [*args.directories, *([args.checkpoint] if args.checkpoint else [])]:
         if not directory.is_dir():
             parser.error(f"{directory} is not a directory")
     summaries = {str(d.name): summarise(d) for d in args.directories}
     print(markdown(summaries))
+    if args.checkpoint is not None:
+        probes = {str(d.name): probe_gripper(args.checkpoint, d) for d in args.directories}
+        print(probe_markdown(probes))
+        for name, probe in probes.items():
+            summaries[name]["gripper_probe"] = probe
     return summaries
 
 

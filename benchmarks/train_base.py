@@ -344,16 +344,6 @@ def train_stage(model, heads: nn.ModuleDict, data: TrainSet, steps: int, lr: flo
 
 
 # ---- recipe ----------------------------------------------------------------------------------------------
-class Decoding:
-    """`model` as a policy whose `predict_action` decodes with `decode` (see OpenVLAForActionPrediction)."""
-
-    def __init__(self, model, decode: str) -> None:
-        self.model, self.decode = model, decode
-
-    def predict_action(self, images, instructions, unnorm_key=None):
-        return self.model.predict_action(images, instructions, unnorm_key, decode=self.decode)
-
-
 def record_layouts(directory: Path, tasks, per_task: int, num_envs: int, camera: str, clock: StageClock | None,
                    seed: int = LAYOUT_SEED) -> Path:
     """`per_task` reset states per task, each a one-step episode labelled with the expert's first action
@@ -424,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         began = time.perf_counter()
         dagger = out / f"dagger_{r}"
         if not (dagger / "summary.json").exists():
-            collect_dagger(Decoding(model, args.decode), dagger, tasks=tasks,
+            collect_dagger(model, dagger, tasks=tasks, decode=args.decode,
                            episodes_per_task=args.dagger_episodes,
                            seed=DAGGER_SEED + r, num_workers=args.num_envs, camera=args.camera)
             clock.record(f"dagger_{r}", time.perf_counter() - began)

@@ -159,12 +159,14 @@ def test_a_reset_after_holding_the_cube_starts_ungrasped():
 
 @pytest.mark.parametrize("kwargs, name", [({"episodes_per_task": 0}, "episodes_per_task"),
                                           ({"num_workers": 0}, "num_workers"), ({"expert_mix": 1.5}, "expert_mix"),
-                                          ({"tasks": ["no_such_task"]}, "task")])
+                                          ({"tasks": ["no_such_task"]}, "task"), ({"decode": "fast"}, "decode"),
+                                          ({"decode": "static"}, "decode='static' needs"), ({}, "policy")])
 def test_collect_dagger_rejects_bad_input_before_any_work(tmp_path, kwargs, name):
     from vla_compress.data import collect_dagger
 
     with pytest.raises(ValueError, match=name):
-        collect_dagger(object(), tmp_path / "d", **kwargs)
+        policy = object() if name == "policy" else (lambda images, instructions: None)
+        collect_dagger(policy, tmp_path / "d", **kwargs)
     assert not (tmp_path / "d").exists()
 
 

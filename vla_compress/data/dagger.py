@@ -29,18 +29,21 @@ def collect_dagger(
     max_episode_steps: int | None = None,
     progress: bool = True,
     camera: str = DEFAULT_CAMERA,
+    decode: str | None = None,
 ) -> dict[str, Any]:
     """Roll out ``policy`` (``predict_action(images, instructions) -> [B, 7]``) ``episodes_per_task`` times
     per task and write the visited states with the expert's actions to ``out_dir``.
 
     ``expert_mix`` is DAgger's beta: the probability, per step and env, of executing the expert's action
     instead of the learner's. Episode seeds are ``seed * 1_000_000 + task index * 10_000 + k``: keep
-    ``seed`` apart from the demonstrations' and the evaluation's; ``camera`` is ``make_env``'s. Returns (and writes to
-    ``summary.json``) the learner's success rate per task on these rollouts.
+    ``seed`` apart from the demonstrations' and the evaluation's; ``camera`` is ``make_env``'s; ``decode`` an
+    OpenVLA policy's ``predict_action`` decode path, as in :func:`~vla_compress.evaluation.evaluate`. Returns
+    (and writes to ``summary.json``) the learner's success rate per task on these rollouts.
     """
     from vla_compress.data.expert import ScriptedExpert
     from vla_compress.envs import make_env
     from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
+    from vla_compress.modeling.modeling_openvla import action_predictor
 
     tasks = resolve_tasks(tasks)
     if episodes_per_task < 1:
@@ -49,6 +52,7 @@ def collect_dagger(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if not 0.0 <= expert_mix <= 1.0:
         raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
+    predict = action_predictor(policy, decode)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
@@ -63,7 +67,7 @@ def collect_dagger(
 
             def learner(obs, info, expert_action, rng=rng, task=task):
                 images = np.asarray(to_numpy(obs["image"]), dtype=np.uint8)
-                action = np.asarray(policy.predict_action(images, [instruction(task)] * len(images)),
+                action = np.asarray(predict(images, [instruction(task)] * len(images)),
                                     dtype=np.float32)
                 use_expert = rng.random(len(action)) < expert_mix
                 return np.where(use_expert[:, None], expert_action, action)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -146,17 +145,9 @@ def evaluate(
     tasks, tasks_ind, tasks_ood, steps, jobs = _episodes(suite, tasks, episodes_per_task, seed, max_episode_steps)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    predict = getattr(policy, "predict_action", policy)
-    if not callable(predict):
-        raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
-    if decode is not None:
-        from vla_compress.modeling.modeling_openvla import OpenVLAForActionPrediction, check_decode
+    from vla_compress.modeling.modeling_openvla import action_predictor
 
-        check_decode(decode)
-        if not isinstance(policy, OpenVLAForActionPrediction):
-            raise ValueError(f"decode={decode!r} needs an OpenVLAForActionPrediction policy, got "
-                             f"{type(policy).__name__}")
-        predict = partial(policy.predict_action, decode=decode)
+    predict = action_predictor(policy, decode)
     reset_policy = getattr(policy, "reset", None)  # a stateful policy forgets the last episodes
     own_envs = envs is None
     if own_envs:

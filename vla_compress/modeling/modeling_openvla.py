@@ -47,6 +47,24 @@ def check_decode(decode: str) -> None:
         raise ValueError(f"decode={decode!r} is unknown; allowed: {DECODE_PATHS}")
 
 
+def action_predictor(policy, decode: str | None = None) -> Callable:
+    """`policy`'s ``predict_action`` (or `policy` itself, a callable) with `decode` bound when given.
+
+    One place for the rule the rollout loops (evaluation, DAgger) share: a decode path needs an
+    :class:`OpenVLAForActionPrediction`; any other policy is used as it is. Raises ValueError naming
+    `decode` or `policy` before any rollout starts."""
+    if decode is not None:
+        check_decode(decode)
+    predict = getattr(policy, "predict_action", policy)
+    if not callable(predict):
+        raise ValueError("policy must have predict_action(images, instructions, unnorm_key) or be callable")
+    if decode is None:
+        return predict
+    if not isinstance(policy, OpenVLAForActionPrediction):
+        raise ValueError(f"decode={decode!r} needs an OpenVLAForActionPrediction policy, got {type(policy).__name__}")
+    return partial(policy.predict_action, decode=decode)
+
+
 class ScaleFactorLayerScale(nn.Module):
     """timm's LayerScale with its parameter named `scale_factor`, as in OpenVLA checkpoints.
 
