@@ -20,6 +20,7 @@ Stages, each cached in --output-dir so a rerun after an interruption resumes whe
 Training (written here, not `train_sft`, for two training-only losses the library's SFT has no use for):
   - the action tokens' cross-entropy against a Gaussian-smoothed target over neighbouring bins (the
     256 bins are ordered, so a near miss is cheaper than a far one; the argmax target is unchanged);
+    `--gripper-weight` weights the gripper token in it (a wrong open or close loses the episode);
   - an auxiliary regression of privileged simulator state (TCP, target cube and plate positions, finger
     opening, grasp) from the LM's hidden state at the position that predicts the first action token;
   - a dense per-patch map of the objects (a cube of each colour, a plate of each colour, the TCP) from
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dagger-lr", type=float, default=5e-4, help="peak lr of the training after a round")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--bin-sigma", type=float, default=1.5, help="width of the smoothed target, in bins")
+    parser.add_argument("--gripper-weight", type=float, default=1.0,
+                        help="weight of the gripper token in the action loss (its mistakes drop the cube)")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the privileged-state loss")
     parser.add_argument("--dense-weight", type=float, default=1.0, help="weight of the per-patch object map loss")
     parser.add_argument("--ground-weight", type=float, default=1.0, help="weight of the colour-word grounding loss")
@@ -110,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr <= 0 or args.dagger_lr <= 0 or args.bin_sigma <= 0:
         parser.error("--lr, --dagger-lr and --bin-sigma must be > 0")
-    for name in ("aux_weight", "dense_weight", "ground_weight"):
+    for name in ("gripper_weight", "aux_weight", "dense_weight", "ground_weight"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     return args
@@ -270,12 +273,17 @@ def auxiliary_losses(heads: nn.ModuleDict, captured: Captured, out_actions, batc
             "dense": dense.mean(), "ground": F.mse_loss(heads["ground"](words), goals)}
 
 
-def smoothed_action_loss(action_logits: torch.Tensor, target_index: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Cross-entropy against a Gaussian over bins centred on each target bin ([B, 7, n_bins] logits)."""
+def smoothed_action_loss(action_logits: torch.Tensor, target_index: torch.Tensor, sigma: float,
+                         gripper_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against a Gaussian over bins centred on each target bin ([B, 7, n_bins] logits), the
+    gripper token's (the last) weighted by `gripper_weight` in the mean over tokens."""
     bins = torch.arange(action_logits.shape[-1], device=action_logits.device, dtype=torch.float32)
     target = torch.exp(-0.5 * ((bins - target_index.unsqueeze(-1).float()) / sigma) ** 2)
     target = target / target.sum(-1, keepdim=True)
-    return -(target * torch.log_softmax(action_logits.float(), dim=-1)).sum(-1).mean()
+    per_token = -(target * torch.log_softmax(action_logits.float(), dim=-1)).sum(-1)  # [B, 7]
+    weights = torch.ones(per_token.shape[-1], device=per_token.device)
+    weights[-1] = gripper_weight
+    return (per_token * weights).mean()
 
 
 def train_stage(model, heads: nn.ModuleDict, data: TrainSet, steps: int, lr: float, out: Path,
@@ -311,7 +319,8 @@ def train_stage(model, heads: nn.ModuleDict, data: TrainSet, steps: int, lr: flo
         batch = data.batch(model, rng.integers(0, len(data), size=args.batch_size), rng)
         out_actions = model.action_forward(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         targets = batch["input_ids"][:, -7:] - first
-        action_loss = smoothed_action_loss(out_actions.action_logits, targets, args.bin_sigma)
+        action_loss = smoothed_action_loss(out_actions.action_logits, targets, args.bin_sigma,
+                                           args.gripper_weight)
         aux = auxiliary_losses(heads, captured, out_actions, batch, grid)
         loss = action_loss + sum(weights[k] * v for k, v in aux.items())
         optimizer.zero_grad(set_to_none=True)

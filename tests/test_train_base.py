@@ -24,7 +24,8 @@ SMOKE = ["--episodes-per-task", "1", "--steps", "3", "--dagger-rounds", "1", "--
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--dagger-rounds", "-1"),
-                                         ("--eval-episodes", "0"), ("--lr", "0"), ("--bin-sigma", "-1")])
+                                         ("--eval-episodes", "0"), ("--lr", "0"), ("--bin-sigma", "-1"),
+                                         ("--gripper-weight", "-1")])
 def test_bad_flags_exit_2_naming_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_base.parse_args([flag, value])
@@ -39,6 +40,16 @@ def test_smoothed_action_loss_is_lowest_at_the_target_and_orders_near_misses():
         logits[0, 0, index] = 10.0
         return train_base.smoothed_action_loss(logits, target, sigma=1.5).item()
     assert loss_at(100) < loss_at(101) < loss_at(103) < loss_at(140)
+
+
+def test_gripper_weight_scales_only_the_gripper_tokens_share_of_the_action_loss():
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 7, 256), torch.randint(0, 256, (4, 7))
+    per_token = [train_base.smoothed_action_loss(logits[:, i:i + 1], target[:, i:i + 1], 1.5) for i in range(7)]
+    plain = train_base.smoothed_action_loss(logits, target, 1.5)
+    assert torch.allclose(plain, torch.stack(per_token).mean())
+    weighted = train_base.smoothed_action_loss(logits, target, 1.5, gripper_weight=4.0)
+    assert torch.allclose(weighted, (sum(per_token[:6]) + 4.0 * per_token[6]) / 7)
 
 
 def test_aux_targets_add_the_offsets_the_expert_acts_on():
