@@ -50,15 +50,23 @@ def first_step(condition: np.ndarray) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
+def held_and_lifted(state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of one episode's states `[T, STATE_DIM]`: is the target cube grasped, is it lifted."""
+    col = state_columns()
+    grasped = state[:, col["is_grasped"]][:, 0] > 0.5
+    grasped[0] = False  # nothing is held at a start; files recorded before 2026-12-01 may say otherwise there
+    height = state[:, col["cube_pos"]][:, 2]
+    return grasped, height - height[0] > LIFT_M
+
+
 def episode_phases(state: np.ndarray, success: bool) -> dict[str, int | None]:
     """The first step of each phase in one episode's states `[T, STATE_DIM]` (None: never reached)."""
     col = state_columns()
     cube, plate = state[:, col["cube_pos"]], state[:, col["plate_pos"]]
-    grasped = state[:, col["is_grasped"]][:, 0] > 0.5
-    grasped[0] = False  # nothing is held at a start; files recorded before 2026-12-01 may say otherwise there
+    grasped, lifted = held_and_lifted(state)
     phases = {
         "grasped": first_step(grasped),
-        "lifted": first_step(cube[:, 2] - cube[0, 2] > LIFT_M),
+        "lifted": first_step(lifted),
         "over plate": first_step(np.linalg.norm(cube[:, :2] - plate[:, :2], axis=1) < OVER_PLATE_M),
     }
     phases["placed"] = len(state) if success else None
@@ -70,12 +78,9 @@ def carry_failure(state: np.ndarray) -> dict[str, bool] | None:
 
     ``opened``: the finger gap widened at the release step or the one before (the policy opened);
     else it slipped out of closed fingers. ``regrasped``: grasped again later in the episode."""
-    col = state_columns()
-    cube = state[:, col["cube_pos"]]
-    grasped = state[:, col["is_grasped"]][:, 0] > 0.5
-    grasped[0] = False
-    width = state[:, col["gripper_width"]][:, 0]
-    lift = first_step(cube[:, 2] - cube[0, 2] > LIFT_M)
+    grasped, lifted = held_and_lifted(state)
+    width = state[:, state_columns()["gripper_width"]][:, 0]
+    lift = first_step(lifted)
     if lift is None:
         return None
     release = first_step(~grasped[lift:])
@@ -128,9 +133,7 @@ def gripper_frames(directory: Path) -> dict[str, list[tuple[np.ndarray, str, flo
             for name in f:
                 group = f[name]
                 state, actions = np.asarray(group["state"]), np.asarray(group["actions"])
-                grasped = state[:, col["is_grasped"]][:, 0] > 0.5
-                grasped[0] = False
-                lifted = state[:, col["cube_pos"]][:, 2] - state[0, col["cube_pos"]][2] > LIFT_M
+                grasped, lifted = held_and_lifted(state)
                 low = state[:, col["tcp_pos"]][:, 2] < LOW_TCP_M
                 for kind, rows in (("holding, lifted", grasped & lifted), ("free, TCP low", ~grasped & low)):
                     for t in np.flatnonzero(rows):
