@@ -57,7 +57,7 @@ from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, TASKS_IND, TASKS_OOD,
 from vla_compress.evaluation import evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
-from vla_compress.modeling import build_model, preset_config
+from vla_compress.modeling import GripperHysteresis, build_model, preset_config
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
 from vla_compress.modeling.presets import SHIPPED_PRESETS
 from vla_compress.modeling.processing import resize_images, shift_images, shift_offsets
@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode", choices=DECODE_PATHS, default="compiled",
                         help="predict_action's decode path in the DAgger rollouts and the evaluation (compiled: "
                              "about 2x faster per action for this small model here; the card's command names it)")
+    parser.add_argument("--gripper-switch-after", type=int, default=1,
+                        help="rollouts (DAgger, evaluation) switch the gripper only after the policy asks for it this "
+                             "many steps running (GripperHysteresis; 1: the policy's own command)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dagger-lr", type=float, default=5e-4, help="peak lr of the training after a round")
@@ -105,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     args = parser.parse_args(argv)
     for name in ("episodes_per_task", "steps", "dagger_episodes", "dagger_steps", "batch_size",
-                 "checkpoint_every", "eval_episodes", "num_envs", "threads"):
+                 "checkpoint_every", "eval_episodes", "num_envs", "threads", "gripper_switch_after"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("dagger_rounds", "layouts_per_task"):
@@ -392,6 +395,11 @@ def eval_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rollout_policy(model, args: argparse.Namespace) -> GripperHysteresis:
+    """The policy the rollouts run: `model` with `--decode` and the gripper hysteresis of the card."""
+    return GripperHysteresis(model, switch_after=args.gripper_switch_after, decode=args.decode)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -423,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         began = time.perf_counter()
         dagger = out / f"dagger_{r}"
         if not (dagger / "summary.json").exists():
-            collect_dagger(model, dagger, tasks=tasks, decode=args.decode,
+            collect_dagger(rollout_policy(model, args), dagger, tasks=tasks,
                            episodes_per_task=args.dagger_episodes,
                            seed=DAGGER_SEED + r, num_workers=args.num_envs, camera=args.camera)
             clock.record(f"dagger_{r}", time.perf_counter() - began)
@@ -437,8 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     eval_path = out / "eval.json"
     if not eval_path.exists():
-        evaluate(model, tasks=eval_tasks, episodes_per_task=args.eval_episodes, num_envs=args.num_envs, seed=EVAL_SEED,
-                 output=eval_path, camera=args.camera, decode=args.decode)
+        evaluate(rollout_policy(model, args), tasks=eval_tasks, episodes_per_task=args.eval_episodes,
+                 num_envs=args.num_envs, seed=EVAL_SEED, output=eval_path, camera=args.camera)
         clock.record("eval", time.perf_counter() - began)
     result = json.loads(eval_path.read_text())
     success = success_summary(result)
@@ -458,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         "mean_episode_length": result["mean_episode_length"],
         "reproduce": "vla-compress evaluate tiny-maniskill --tasks all "
                      f"--episodes {args.eval_episodes} --seed {EVAL_SEED} --num-envs {args.num_envs} "
-                     f"--camera {args.camera} --decode {args.decode}",
+                     f"--camera {args.camera} --decode {args.decode} "
+                     f"--gripper-switch-after {args.gripper_switch_after}",
         "camera": args.camera,
     }
     for name, text in (("model_card.json", json.dumps(card, indent=2)), ("eval_by_task.md", eval_table(result))):

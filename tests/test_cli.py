@@ -120,6 +120,8 @@ def test_quantize_a_pruned_checkpoint(pruned_dir, tmp_path):
         (["prune", "tiny", "--ratio", "0.5", "--importance", "nope", "--output", "unused"], "importance"),
         (["info", "tiny", "--dtype", "int3"], "dtype"),
         (["evaluate", "tiny", "--suite", "libero_long", "--output", "unused"], "suite"),
+        (["evaluate", "tiny", "--gripper-switch-after", "0", "--output", "unused"], "switch_after"),
+        (["evaluate", "tiny", "--decode", "jit", "--output", "unused"], "decode"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, argument, tmp_path, monkeypatch):
@@ -244,7 +246,8 @@ def test_demos_and_evaluate_in_the_simulator(tmp_path):
     result = runner.invoke(app, ["demos", str(demos), "--tasks", task, "--episodes-per-task", "1"])
     assert result.exit_code == 0, result.output
     assert (demos / "norm_stats.json").is_file() and str(demos) in result.output
-    options = ["--tasks", task, "--episodes", "1", "--max-episode-steps", "2", "--image-size", "64", "-o", str(out)]
+    options = ["--tasks", task, "--episodes", "1", "--max-episode-steps", "2", "--image-size", "64", "-o", str(out),
+               "--gripper-switch-after", "2"]
     result = runner.invoke(app, ["evaluate", "tiny", *options])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["success_rate"] == {task: 0.0}

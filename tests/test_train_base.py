@@ -20,12 +20,13 @@ import train_base  # noqa: E402
 
 SMOKE = ["--episodes-per-task", "1", "--steps", "3", "--dagger-rounds", "1", "--dagger-episodes", "1",
          "--dagger-steps", "2", "--eval-episodes", "1", "--tasks-limit", "1", "--checkpoint-every", "2",
-         "--warmup", "1", "--batch-size", "4", "--threads", "1", "--layouts-per-task", "2", "--no-ship"]
+         "--warmup", "1", "--batch-size", "4", "--threads", "1", "--layouts-per-task", "2",
+         "--gripper-switch-after", "2", "--no-ship"]
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "0"), ("--dagger-rounds", "-1"),
                                          ("--eval-episodes", "0"), ("--lr", "0"), ("--bin-sigma", "-1"),
-                                         ("--gripper-weight", "-1")])
+                                         ("--gripper-weight", "-1"), ("--gripper-switch-after", "0")])
 def test_bad_flags_exit_2_naming_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_base.parse_args([flag, value])

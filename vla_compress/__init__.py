@@ -3,6 +3,7 @@
 from .loading import load_vla
 from .modeling import (
     ActionTokenizer,
+    GripperHysteresis,
     OpenVLAConfig,
     OpenVLAForActionPrediction,
     OpenVLAProcessor,
@@ -16,8 +17,8 @@ from .recovery import PPOConfig, SFTConfig, recover
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActionTokenizer", "AtenConfig", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "MagnitudePruning",
-    "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig", "PruneReport", "QuantoConfig",
-    "SFTConfig", "VLACacheConfig", "VLACachePolicy", "WandaPruning", "component_sizes", "load_vla", "prune",
-    "quantize", "recover",
+    "ActionTokenizer", "AtenConfig", "BlockPruning", "BnbConfig", "FlapPruning", "GPTQConfig", "GripperHysteresis",
+    "MagnitudePruning", "OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAProcessor", "PPOConfig", "PruneReport",
+    "QuantoConfig", "SFTConfig", "VLACacheConfig", "VLACachePolicy", "WandaPruning", "component_sizes", "load_vla",
+    "prune", "quantize", "recover",
 ]

@@ -458,6 +458,10 @@ def evaluate(
                       ] = "front",
     decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static or compiled.")
                       ] = "dynamic",
+    gripper_switch_after: Annotated[
+        int, typer.Option(help="Switch the gripper only after the policy asks for it this many steps running "
+                               "(GripperHysteresis; 1: the policy's own command).")
+    ] = 1,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
@@ -476,9 +480,16 @@ def evaluate(
         from vla_compress.envs.tasks import check_camera
 
         check_camera(camera)
+        from vla_compress.modeling import GripperHysteresis
+        from vla_compress.modeling.gripper_hysteresis import check_switch_after
+        from vla_compress.modeling.modeling_openvla import check_decode
+
+        check_switch_after(gripper_switch_after)
+        check_decode(decode)
         loaded = load_model(model, device, dtype)
+        policy = GripperHysteresis(loaded, switch_after=gripper_switch_after, decode=decode)
         result = evaluate_policy(
-            loaded,
+            policy,
             suite=suite,
             tasks=parse_tasks(tasks),
             episodes_per_task=episodes,
@@ -489,7 +500,6 @@ def evaluate(
             unnorm_key=unnorm_key,
             output=output,
             camera=camera,
-            decode=decode,
         )
     for name, rate in (
         ("IND", result.ind_success_rate),

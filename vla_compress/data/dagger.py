@@ -37,7 +37,9 @@ def collect_dagger(
     ``expert_mix`` is DAgger's beta: the probability, per step and env, of executing the expert's action
     instead of the learner's. Episode seeds are ``seed * 1_000_000 + task index * 10_000 + k``: keep
     ``seed`` apart from the demonstrations' and the evaluation's; ``camera`` is ``make_env``'s; ``decode`` an
-    OpenVLA policy's ``predict_action`` decode path, as in :func:`~vla_compress.evaluation.evaluate`. Returns
+    OpenVLA policy's ``predict_action`` decode path, as in :func:`~vla_compress.evaluation.evaluate`. A stateful
+    policy (one with ``reset()``, such as ``GripperHysteresis``) is reset whenever the workers start new
+    episodes. Returns
     (and writes to ``summary.json``) the learner's success rate per task on these rollouts.
     """
     from vla_compress.data.expert import ScriptedExpert
@@ -53,6 +55,8 @@ def collect_dagger(
     if not 0.0 <= expert_mix <= 1.0:
         raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
     predict = action_predictor(policy, decode)
+    reset_policy = getattr(policy, "reset", None)
+    reset_policy = reset_policy if callable(reset_policy) else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS
@@ -73,7 +77,8 @@ def collect_dagger(
                 return np.where(use_expert[:, None], expert_action, action)
 
             stats = record_task_file(out / f"{task}.hdf5", envs, expert, task, seed, learner, episodes_per_task,
-                                     max_steps, keep_failures=True, bar=bar, image_size=image_size,
+                                     max_steps, keep_failures=True, bar=bar, on_reset=reset_policy,
+                                     image_size=image_size,
                                      expert_mix=expert_mix, camera=camera)
             summary[task] = {"episodes": stats["attempts"], "successes": stats["successes"],
                              "seconds": stats["seconds"]}

@@ -63,14 +63,17 @@ ActionChooser = Callable[[dict, dict, np.ndarray], np.ndarray]  # (obs, info, ex
 
 
 def record_episodes(envs, expert, seeds: list[int], task: str, choose: ActionChooser,
-                    max_steps: int) -> list[dict[str, Any]]:
+                    max_steps: int, on_reset: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
     """Run one batch of episodes, executing ``choose(obs, info, expert_action)`` and recording the expert's
     action as the label at every visited state, up to the first success (or ``max_steps``).
+    ``on_reset`` is called once the envs have reset, before the first step (a stateful learner's reset).
 
     Per env: ``rgb``, ``proprio``, ``actions`` (expert labels), ``state`` (privileged) and ``success``.
     """
     n = envs.num_envs
     obs, info = envs.reset(seed=seeds, options={"tasks": [task] * n})
+    if on_reset is not None:
+        on_reset()
     steps: list[list[tuple]] = [[] for _ in range(n)]
     done = np.zeros(n, dtype=bool)
     for _ in range(max_steps):
@@ -103,7 +106,7 @@ def write_episode(f: h5py.File, index: int, episode: dict[str, Any], task: str, 
 
 def record_task_file(path: Path, envs, expert, task: str, seed: int, choose: ActionChooser, episodes: int,
                      max_steps: int, max_attempts: int | None = None, keep_failures: bool = False, bar=None,
-                     **attrs: Any) -> dict[str, Any]:
+                     on_reset: Callable[[], Any] | None = None, **attrs: Any) -> dict[str, Any]:
     """One task file of ``episodes`` recorded episodes (successful ones only unless ``keep_failures``).
 
     Episode seeds are ``seed * 1_000_000 + task index * 10_000 + attempt``. The file is written to a
@@ -121,7 +124,7 @@ def record_task_file(path: Path, envs, expert, task: str, seed: int, choose: Act
     with h5py.File(tmp, "w") as f:
         while kept < episodes and (max_attempts is None or attempts < max_attempts):
             seeds = [seed * 1_000_000 + ALL_TASKS.index(task) * 10_000 + attempts + i for i in range(envs.num_envs)]
-            for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, choose, max_steps)):
+            for episode_seed, ep in zip(seeds, record_episodes(envs, expert, seeds, task, choose, max_steps, on_reset)):
                 if kept >= episodes:
                     break
                 attempts += 1

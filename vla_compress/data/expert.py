@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from vla_compress.envs.maniskill_suite import CUBE_HALF, PLATE_HALF_THICKNESS, PLATE_RADIUS
+from vla_compress.envs.tasks import CLOSED, OPEN
 
-OPEN, CLOSED = 1.0, -1.0
 HOVER_Z = 0.10  # above the cube's centre before descending
 CARRY_Z = 0.12  # TCP height while carrying
 PLACE_Z = 2 * PLATE_HALF_THICKNESS + CUBE_HALF + 0.01  # TCP height at which the cube is released

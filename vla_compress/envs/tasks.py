@@ -20,6 +20,7 @@ CAMERAS: dict[str, tuple[list[float], list[float], float]] = {
     "workspace": ([0.30, 0.0, 0.36], [-0.06, 0.0, 0.02], 1.0),
 }
 DEFAULT_CAMERA = "front"
+OPEN, CLOSED = 1.0, -1.0  # the gripper action (action[..., 6]) of every suite here: +1 open, -1 closed
 
 
 def check_camera(camera: str) -> None:
