@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dagger-rounds", type=int, default=3)
     parser.add_argument("--dagger-episodes", type=int, default=8, help="learner rollouts per IND task per round")
     parser.add_argument("--dagger-steps", type=int, default=1000, help="training steps after each round")
-    parser.add_argument("--decode", choices=DECODE_PATHS, default="compiled",
+    parser.add_argument("--decode", choices=[d for d in DECODE_PATHS if d != "frozen"], default="compiled",
                         help="predict_action's decode path in the DAgger rollouts and the evaluation (compiled: "
                              "about 2x faster per action for this small model here; the card's command names it)")
     parser.add_argument("--gripper-switch-after", type=int, default=1,

@@ -70,6 +70,8 @@ CASES = {
                                 "env"),
     "recover ppo reward mode": (lambda m: recover(m, rl=PPOConfig(reward_mode="shaped", output_dir="/tmp/x")),
                                 ValueError, "reward_mode"),
+    "recover ppo frozen decode": (lambda m: recover(m, rl=PPOConfig(decode="frozen", output_dir="/tmp/x")),
+                                  ValueError, "decode='frozen'"),
     "make_env unknown suite": (lambda m: make_env(suite="mujoco-soccer"), ValueError, "suite"),
     "make_env unknown task": (lambda m: make_env(tasks=["pink_cube_on_gold_plate"]), ValueError, "task"),
     "make_env num_envs": (lambda m: make_env(num_envs=0), ValueError, "num_envs"),

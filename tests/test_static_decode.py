@@ -1,4 +1,4 @@
-"""decode="static" / "compiled" give the actions of decode="dynamic": greedy and sampled, batch 1 and
+"""decode="static" / "compiled" / "frozen" give the actions of decode="dynamic": greedy and sampled, batch 1 and
 mid-padded batches, pruned per-layer widths, quantized layers."""
 
 from __future__ import annotations
@@ -109,9 +109,57 @@ def test_compiled_step_matches_and_compiles_once(monkeypatch, images):
         torch._dynamo.reset()
 
 
+def test_frozen_compiles_every_part_with_frozen_weights_and_refuses_changed_ones(monkeypatch, images):
+    """decode="frozen": the visual tokens, the prompt pass and the step compile with inductor's freezing on;
+    a weight updated in place afterwards raises (a frozen graph would decode the old weights)."""
+    calls, frozen_at_call = [], []
+    compile_ = torch.compile
+
+    def recording_compile(fn, **kwargs):
+        calls.append(fn.__name__)
+        compiled = compile_(fn, backend="eager", dynamic=False)
+
+        def run(*args):  # inductor's freezing must be on when the graph compiles (at its calls)
+            frozen_at_call.append((fn.__name__, torch._inductor.config.freezing))
+            return compiled(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    try:
+        model = tiny()
+        batch = model.processor(images, INSTRUCTIONS)
+        assert_same_decoding(model, batch, decode="frozen")
+        assert calls == ["_visual_tokens", "_prompt_pass", "_decode_step"]
+        assert set(frozen_at_call) == {("_visual_tokens", True), ("_prompt_pass", True), ("_decode_step", True)}
+        assert not torch._inductor.config.freezing  # the patch ends with the call
+        assert_same_decoding(model, batch, decode="frozen")
+        assert len(calls) == 3  # same weights: the graphs are reused
+        with torch.no_grad():
+            model.language_model.model.layers[0].mlp.down_proj.weight.mul_(1.5)  # an optimizer step, say
+        with pytest.raises(ValueError, match="decode='frozen': the weights changed"):
+            model.predict_action(images, INSTRUCTIONS, decode="frozen")
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_frozen_with_inductor_gives_the_static_actions(images):
+    """The real freezing compile (tens of seconds here) decodes what decode="static" decodes."""
+    torch._dynamo.reset()
+    try:
+        model = tiny()
+        batch = model.processor(images[:1], INSTRUCTIONS[:1])
+        frozen = decoded(model, batch, "frozen")["action_indices"]
+        assert torch.equal(frozen, decoded(model, batch, "static")["action_indices"])
+    finally:
+        torch._dynamo.reset()
+
+
 def test_bad_decode_raises(model, images):
     batch = model.processor(images[:1], INSTRUCTIONS[:1])
-    with pytest.raises(ValueError, match=r"decode='fast'.*allowed: \('dynamic', 'static', 'compiled'\)"):
+    with pytest.raises(ValueError, match=r"decode='fast'.*allowed: \('dynamic', 'static', 'compiled', 'frozen'\)"):
         model.generate_action_indices(**batch, decode="fast")
     with pytest.raises(ValueError, match="decode="):
         model.predict_action(images[:1], INSTRUCTIONS[:1], decode="eager")

@@ -456,7 +456,7 @@ def evaluate(
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
     camera: Annotated[str, typer.Option(help="ManiSkill base view the policy was trained on: front or workspace.")
                       ] = "front",
-    decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static or compiled.")
+    decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static, compiled or frozen.")
                       ] = "dynamic",
     gripper_switch_after: Annotated[
         int, typer.Option(help="Switch the gripper only after the policy asks for it this many steps running "

@@ -163,7 +163,7 @@ def profile(model: Any, batch_size: int = 8, warmup: int = 3, iters: int = 20,
 
     `device` None uses the model's device; otherwise it must be the model's device type.
     `image_size` is the camera frame size fed to the processor (the suite renders 128 px). `decode` is
-    `predict_action`'s ("dynamic", "static" or "compiled": compile time falls in the warm-up calls).
+    `predict_action`'s ("dynamic", "static", "compiled" or "frozen": compile time falls in the warm-up calls).
 
     `model` may also be a policy wrapping one (`.model`, whose bytes are counted). A stateful policy
     (with `reset()`, e.g. `VLACachePolicy`) needs consecutive frames: `episode` is a recorded episode

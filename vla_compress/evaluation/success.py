@@ -137,8 +137,9 @@ def evaluate(
     open, so one env serves several evaluations (building one renders its first frame, seconds on a CPU).
     None: one is built and closed. ``camera``: the ManiSkill suite's base view ("front" or "workspace"),
     the one the policy was trained on. ``decode``: an OpenVLA model's ``predict_action`` decode path
-    ("dynamic", "static", "compiled"; None: its default, "dynamic"); "compiled" is the fastest for a small
-    model on a CPU once compiled (the batch stays ``num_envs``, so it compiles once).
+    ("dynamic", "static", "compiled", "frozen"; None: its default, "dynamic"); "compiled" is the fastest for a
+    small model on a CPU once compiled (the batch stays ``num_envs``, so it compiles once), "frozen" for a
+    large one at batch 1 (weights frozen into the graph; see ``generate_action_indices``).
     """
     from vla_compress.envs import make_env
 

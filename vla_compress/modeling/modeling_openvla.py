@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -30,8 +31,13 @@ from .widths import current_layer_widths, resize_decoder_layers
 
 # How `generate_action_indices` decodes (see its docstring; docs/benchmarks.md, "Decode path", has
 # the latencies: on a CPU "static" alone is no faster than "dynamic", so "dynamic" stays the default).
-DECODE_PATHS = ("dynamic", "static", "compiled")
-# `decode="compiled"` rounds the static cache up to a multiple of this many slots, so prompts of
+DECODE_PATHS = ("dynamic", "static", "compiled", "frozen")
+# decode="frozen" on a CPU: inductor treats the weights as constants (freezing), folds them into the graph and
+# runs the linears on MKL's pre-packed weights. Its C++ GEMM templates (max-autotune) read the weights of a
+# batch-1 matrix-vector product 2-3x faster still, but gave wrong tokens from the second decode step on in this
+# model's step with torch 2.14.1 (a 32-layer stack of plain linears was right): not used (docs/benchmarks.md).
+FROZEN_INDUCTOR_OPTIONS = {"freezing": True}
+# `decode="compiled"` / "frozen" round the static cache up to a multiple of this many slots, so prompts of
 # nearby lengths share one compiled graph (the extra slots are masked out).
 COMPILED_CACHE_MULTIPLE = 32
 # One step: (chosen action indices [B]) -> action logits [B, n_bins] after feeding them back.
@@ -45,6 +51,27 @@ def check_decode(decode: str) -> None:
     """Raise a ValueError naming `decode` unless it is one of `DECODE_PATHS`."""
     if decode not in DECODE_PATHS:
         raise ValueError(f"decode={decode!r} is unknown; allowed: {DECODE_PATHS}")
+
+
+def _under_inductor_config(compiled: Callable, options: dict) -> Callable:
+    """`compiled` called with inductor's config patched by `options` (compilation happens at a call; passing
+    `freezing` through `torch.compile(options=)` does not reach inductor's freezing pass, the patch does)."""
+
+    def run(*args: Any) -> Any:
+        with torch._inductor.config.patch(options):
+            return compiled(*args)
+
+    return run
+
+
+def _unmark_static_addresses(cache: StaticCache) -> None:
+    """Undo `torch._dynamo.mark_static_address` on `cache`'s tensors (StaticCache marks them for CUDA graphs):
+    inductor's freezing folds marked tensors into the graph as constants, so a frozen decode step would
+    read the keys and values as they were when it compiled instead of the cache's current ones."""
+    for layer in cache.layers:
+        for tensor in vars(layer).values():
+            if isinstance(tensor, torch.Tensor) and hasattr(tensor, "_dynamo_static_input_type"):
+                del tensor._dynamo_static_input_type
 
 
 def action_predictor(policy, decode: str | None = None) -> Callable:
@@ -185,8 +212,10 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         resize_decoder_layers(self.language_model, config.llm_layer_widths)
         self.processor = None  # an OpenVLAProcessor, attached by load_vla / from_pretrained
-        self._compiled_steps: dict[str, Callable[..., torch.Tensor]] = {}  # decode="compiled", per device type
-        self._held_caches: dict[tuple, StaticCache] = {}  # decode="compiled", per batch and cache shape
+        # `_compiled`'s graphs per (part, device type, decode), and the weights' version "frozen" compiled in
+        self._compiled_steps: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self._frozen_version: int | None = None
+        self._held_caches: dict[tuple, StaticCache] = {}  # decode="compiled" / "frozen", per batch and cache shape
         self.post_init()
 
     # ---- embeddings ----------------------------------------------------------------------------------
@@ -196,14 +225,20 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
 
-    def _multimodal_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Insert projected patches after BOS; positions follow the attention mask."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    def _visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projected patches `[B, n_patches, hidden]` of `pixel_values`."""
         # the first float weight of the vision tower (its patch embedding; quantized linears hold integers)
         dtype = next(p.dtype for p in self.vision_backbone.parameters() if p.is_floating_point())
-        patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
+        return self.projector(self.vision_backbone(pixel_values.to(dtype)))
+
+    def _multimodal_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None, visual_tokens: Callable | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Insert projected patches after BOS (from `visual_tokens`, default `_visual_tokens`); positions
+        follow the attention mask."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        patches = (visual_tokens or self._visual_tokens)(pixel_values)
         text = self.get_input_embeddings()(input_ids)
         embeds = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)
         patch_mask = attention_mask.new_ones(patches.shape[:2])
@@ -281,16 +316,21 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         mask allocated once for the prompt + the fed-back tokens (no concatenation, no per-step mask);
         "compiled" runs the static loop's decode step through `torch.compile` (CUDA graphs on a GPU):
         the first call of each batch size and prompt-length bucket compiles, and its caches stay on the
-        model for reuse. `prefill` (decode="dynamic" only) replaces the prompt pass, see `Prefill`.
+        model for reuse. "frozen" (CPU) compiles the vision tower, the prompt pass and the step with
+        the weights frozen in as constants (inductor's freezing: folded, pre-packed linears), at tens
+        of seconds of compilation per shape; for deployment: once a weight changes in place (an
+        optimizer step, `load_state_dict`) it raises ValueError. On a GPU it is "compiled".
+        `prefill` (decode="dynamic" only) replaces the prompt pass, see `Prefill`.
         """
         check_decode(decode)
         if prefill is not None and decode != "dynamic":
             raise ValueError(f"prefill= needs decode='dynamic', got decode={decode!r}")
-        embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask)
+        visual = self._compiled("visual", self._visual_tokens, pixel_values.device, decode)
+        embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask, visual)
         if decode == "dynamic":
             critic_features, logits, step = self._dynamic_decoder(embeds, mask, position_ids, prefill)
         else:
-            critic_features, logits, step = self._static_decoder(embeds, mask, position_ids, decode == "compiled")
+            critic_features, logits, step = self._static_decoder(embeds, mask, position_ids, decode)
         indices, logits_seen = [], []
         for i in range(ACTION_DIM):
             if i:
@@ -335,7 +375,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         return last, self._action_logits(last).float(), step
 
     def _static_decoder(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
-                        compiled: bool) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
+                        decode: str) -> tuple[torch.Tensor, torch.Tensor, DecodeStep]:
         """Prefill into a `StaticCache`; each step writes one cache slot and reads one row of a mask built once.
 
         transformers' `StaticCache` serves pruned models as it is: each layer allocates its keys/values
@@ -345,8 +385,9 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         """
         backbone = self.language_model.model
         if backbone.config._attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"decode='static' and 'compiled' need the LM's attn_implementation 'sdpa' or 'eager', "
+            raise ValueError(f"decode={decode!r} needs the LM's attn_implementation 'sdpa' or 'eager', "
                              f"got {backbone.config._attn_implementation!r}; use decode='dynamic'")
+        compiled = decode in ("compiled", "frozen")
         batch, length = mask.shape
         slots = length + ACTION_DIM - 1  # the prompt + 6 fed-back tokens (the 7th is never fed back)
         if compiled:
@@ -356,10 +397,12 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         full = create_causal_mask(config=backbone.config, inputs_embeds=embeds.new_empty(batch, slots, 0),
                                   attention_mask=torch.cat([mask, mask.new_ones(batch, slots - length)], dim=1),
                                   cache=None, allow_is_causal_skip=False)
-        out = backbone(inputs_embeds=embeds, attention_mask=full[:, :, :length], position_ids=position_ids,
-                       cache=cache, use_cache=True)
+        prompt_pass = self._compiled("prompt", self._prompt_pass, embeds.device, decode)
+        last = prompt_pass(embeds, full[:, :, :length], position_ids, cache)
+        if decode == "frozen" and embeds.device.type == "cpu":
+            _unmark_static_addresses(cache)
         positions = position_ids[:, -1:] + torch.arange(1, ACTION_DIM, device=position_ids.device)
-        decode_step = self._compiled_decode_step(embeds.device) if compiled else self._decode_step
+        decode_step = self._compiled("step", self._decode_step, embeds.device, decode)
         fed = 0
 
         def step(index: torch.Tensor) -> torch.Tensor:
@@ -369,8 +412,13 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             fed += 1
             return logits.clone() if compiled else logits  # CUDA graphs overwrite their outputs on replay
 
-        last = out.last_hidden_state[:, -1]
         return last, self._action_logits(last).float(), step
+
+    def _prompt_pass(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+                     cache: StaticCache) -> torch.Tensor:
+        """The prompt into `cache`; the last position's final hidden state `[B, hidden]`."""
+        return self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                         cache=cache, use_cache=True).last_hidden_state[:, -1]
 
     def _decode_step(self, index: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
                      cache: StaticCache) -> torch.Tensor:
@@ -379,12 +427,34 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                                            position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
         return self._action_logits(hidden[:, -1]).float()
 
-    def _compiled_decode_step(self, device: torch.device) -> Callable[..., torch.Tensor]:
-        """`torch.compile` of `_decode_step`, made once per device type (CUDA graphs on a GPU)."""
-        if device.type not in self._compiled_steps:
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self._compiled_steps[device.type] = torch.compile(self._decode_step, mode=mode, dynamic=False)
-        return self._compiled_steps[device.type]
+    def _compiled(self, name: str, fn: Callable[..., torch.Tensor], device: torch.device,
+                  decode: str) -> Callable[..., torch.Tensor]:
+        """`fn` as `decode` runs it: the decode step ("step") through `torch.compile` for "compiled" (once
+        per device type; CUDA graphs on a GPU); on a CPU, for "frozen", every part (the visual tokens,
+        the prompt pass and the step) compiled with the weights frozen in; `fn` itself otherwise.
+
+        Frozen graphs keep the weights of their first call, and compiling again in the same process does
+        not refresh them (measured: the recompiled step still decoded the old weights' tokens), so a
+        weight changed in place since then (their version counters) raises instead of decoding stale."""
+        frozen = decode == "frozen" and device.type == "cpu"
+        if not frozen and not (name == "step" and decode in ("compiled", "frozen")):
+            return fn
+        key = (name, device.type, "frozen" if frozen else "compiled")
+        if frozen:
+            version = sum(p._version for p in self.parameters())
+            if self._frozen_version is None:
+                self._frozen_version = version
+            elif version != self._frozen_version:
+                raise ValueError("decode='frozen': the weights changed in place after they were compiled in "
+                                 "(an optimizer step, load_state_dict); reload the model with load_vla or use "
+                                 "decode='compiled'")
+        if key not in self._compiled_steps:
+            if frozen:
+                compiled = _under_inductor_config(torch.compile(fn, dynamic=False), FROZEN_INDUCTOR_OPTIONS)
+            else:
+                compiled = torch.compile(fn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+            self._compiled_steps[key] = compiled
+        return self._compiled_steps[key]
 
     def _held_cache(self, batch: int, slots: int, embeds: torch.Tensor) -> StaticCache:
         """A `StaticCache` kept per shape and reset for reuse: compiled graphs (and CUDA graphs) keep its
@@ -431,7 +501,7 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
 
         `instructions` is a list of B strings; a lone string is accepted for a batch of one image
         (`images[None]` and `"pick up the cube"`). An empty batch is a ValueError. `decode` is
-        `generate_action_indices`' ("dynamic", "static" or "compiled"), and so is `prefill`."""
+        `generate_action_indices`' ("dynamic", "static", "compiled" or "frozen"), and so is `prefill`."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         check_decode(decode)
