@@ -272,7 +272,8 @@ def test_static_decode_rollouts_train_as_the_dynamic_ones(tmp_path):
     moved = max((dynamic[k] - before[k]).abs().max().item() for k in before)
     apart = max((static[k] - dynamic[k]).abs().max().item() for k in before)
     assert moved > 1e-4 and apart < 0.2 * moved, (moved, apart)
-    with pytest.raises(ValueError, match=r"decode='jit' is unknown; allowed: \('dynamic', 'static', 'compiled'\)"):
+    allowed = r"allowed: \('dynamic', 'static', 'compiled', 'frozen'\)"
+    with pytest.raises(ValueError, match=r"decode='jit' is unknown; " + allowed):
         tiny_config(tmp_path, "bad", decode="jit").validate()
 
 

@@ -325,6 +325,8 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         check_decode(decode)
         if prefill is not None and decode != "dynamic":
             raise ValueError(f"prefill= needs decode='dynamic', got decode={decode!r}")
+        if decode == "frozen" and pixel_values.device.type == "cpu":
+            self._check_frozen_weights()
         visual = self._compiled("visual", self._visual_tokens, pixel_values.device, decode)
         embeds, mask, position_ids = self._multimodal_inputs(pixel_values, input_ids, attention_mask, visual)
         if decode == "dynamic":
@@ -431,23 +433,12 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                   decode: str) -> Callable[..., torch.Tensor]:
         """`fn` as `decode` runs it: the decode step ("step") through `torch.compile` for "compiled" (once
         per device type; CUDA graphs on a GPU); on a CPU, for "frozen", every part (the visual tokens,
-        the prompt pass and the step) compiled with the weights frozen in; `fn` itself otherwise.
-
-        Frozen graphs keep the weights of their first call, and compiling again in the same process does
-        not refresh them (measured: the recompiled step still decoded the old weights' tokens), so a
-        weight changed in place since then (their version counters) raises instead of decoding stale."""
+        the prompt pass and the step) compiled with the weights frozen in (`_check_frozen_weights`
+        guards them); `fn` itself otherwise."""
         frozen = decode == "frozen" and device.type == "cpu"
         if not frozen and not (name == "step" and decode in ("compiled", "frozen")):
             return fn
         key = (name, device.type, "frozen" if frozen else "compiled")
-        if frozen:
-            version = sum(p._version for p in self.parameters())
-            if self._frozen_version is None:
-                self._frozen_version = version
-            elif version != self._frozen_version:
-                raise ValueError("decode='frozen': the weights changed in place after they were compiled in "
-                                 "(an optimizer step, load_state_dict); reload the model with load_vla or use "
-                                 "decode='compiled'")
         if key not in self._compiled_steps:
             if frozen:
                 compiled = _under_inductor_config(torch.compile(fn, dynamic=False), FROZEN_INDUCTOR_OPTIONS)
@@ -455,6 +446,19 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
                 compiled = torch.compile(fn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
             self._compiled_steps[key] = compiled
         return self._compiled_steps[key]
+
+    def _check_frozen_weights(self) -> None:
+        """Raise ValueError once a weight changed in place (version counters) since decode="frozen" first ran.
+
+        Frozen graphs keep the weights of their first call, and compiling again in the same process does
+        not refresh them (measured: the recompiled step still decoded the old weights' tokens)."""
+        version = sum(p._version for p in self.parameters())
+        if self._frozen_version is None:
+            self._frozen_version = version
+        elif version != self._frozen_version:
+            raise ValueError("decode='frozen': the weights changed in place after they were compiled in "
+                             "(an optimizer step, load_state_dict); reload the model with load_vla or use "
+                             "decode='compiled'")
 
     def _held_cache(self, batch: int, slots: int, embeds: torch.Tensor) -> StaticCache:
         """A `StaticCache` kept per shape and reset for reuse: compiled graphs (and CUDA graphs) keep its

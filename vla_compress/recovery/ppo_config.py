@@ -55,7 +55,7 @@ class PPOConfig:
     temperature: float = 1.0  # rollout sampling temperature
     # the rollouts' decode path (`generate_action_indices`): "dynamic", "static" or "compiled" (static cache
     # through torch.compile: the same samples, about 2x faster per step for a small policy on a CPU);
-    # "frozen" would compile again after every update, so PPO refuses it
+    # "frozen" refuses weights changed after it compiled them in, which every update does, so PPO refuses it
     decode: str = "dynamic"
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -137,8 +137,8 @@ class PPOConfig:
             raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {self.dtype!r}")
         check_decode(self.decode)
         if self.decode == "frozen":
-            raise ValueError("decode='frozen' compiles again after every weight update; PPO allows 'dynamic', "
-                             "'static' or 'compiled'")
+            raise ValueError("decode='frozen' refuses weights changed after compiling, which every PPO update "
+                             "does; PPO allows 'dynamic', 'static' or 'compiled'")
         if self.env_factory is None:
             self._suite_and_tasks()
         if not (callable(self.advantage) or self.advantage in ADVANTAGES):
