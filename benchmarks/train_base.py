@@ -57,7 +57,8 @@ from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, TASKS_IND, TASKS_OOD,
 from vla_compress.evaluation import evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
-from vla_compress.modeling import GripperHysteresis, build_model, preset_config
+from vla_compress.evaluation import GripperHysteresis
+from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
 from vla_compress.modeling.presets import SHIPPED_PRESETS
 from vla_compress.modeling.processing import resize_images, shift_images, shift_offsets

@@ -204,3 +204,36 @@ def test_evaluate_random_policy(tmp_path):
     assert result.ind_success_rate is not None and result.ood_success_rate is not None
     assert result.mean_episode_length == 10.0 and len(result.episodes) == 2
     assert json.loads((tmp_path / "eval.json").read_text())["success_rate"] == result.success_rate
+
+
+def test_wrist_inset_view_shows_the_held_cube():
+    """'workspace+wrist' is the workspace view with the hand camera pasted top right; once the expert holds
+    the (red) cube, the inset's lower-middle is red: the wrist camera sees what lies between the fingers."""
+    from vla_compress.data.expert import ScriptedExpert
+    from vla_compress.envs.tasks import WRIST_INSET_SHARE
+
+    inset = round(128 * WRIST_INSET_SHARE)
+    images = {}
+    for camera in ("workspace", "workspace+wrist"):
+        envs = make_env(tasks=[TASK], num_envs=1, image_size=128, seed=0, camera=camera)
+        try:
+            obs, info = envs.reset(seed=3)
+            images[camera] = np.asarray(obs["image"][0])
+            if camera == "workspace+wrist":
+                expert = ScriptedExpert(1)
+                for _ in range(30):
+                    if np.asarray(info["is_grasped"]).any():
+                        break
+                    obs, _, _, _, info = envs.step(expert.act(info))
+                assert np.asarray(info["is_grasped"]).all()
+                held = np.asarray(obs["image"][0], dtype=np.float32)[: inset, -inset:]
+        finally:
+            envs.close()
+    plain, wrist = images["workspace"], images["workspace+wrist"]
+    outside = np.ones(plain.shape[:2], dtype=bool)
+    outside[:inset, -inset:] = False
+    assert np.array_equal(plain[outside], wrist[outside])
+    assert np.abs(plain[:inset, -inset:].astype(int) - wrist[:inset, -inset:]).mean() > 20
+    middle = held[: inset // 2, inset // 3: 2 * inset // 3].reshape(-1, 3)  # between the fingers, top of the view
+    red = (middle[:, 0] > 1.5 * middle[:, 1]) & (middle[:, 0] > 1.5 * middle[:, 2])
+    assert red.mean() > 0.3

@@ -1,9 +1,9 @@
 """vla-compress: prune, recover and quantize vision-language-action policies such as OpenVLA."""
 
+from .evaluation import GripperHysteresis
 from .loading import load_vla
 from .modeling import (
     ActionTokenizer,
-    GripperHysteresis,
     OpenVLAConfig,
     OpenVLAForActionPrediction,
     OpenVLAProcessor,

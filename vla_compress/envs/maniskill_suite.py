@@ -28,6 +28,7 @@ from vla_compress.envs.tasks import (
     COLOUR_NAMES,
     COLOURS,
     DEFAULT_CAMERA,
+    WRIST_INSET_VIEWS,
     check_camera,
     instruction,
     parse_task,
@@ -43,6 +44,10 @@ PLATE_HALF_THICKNESS = 0.005
 _SLOTS = torch.tensor([[-0.12, -0.15], [-0.12, 0.0], [-0.12, 0.15], [0.05, -0.15], [0.05, 0.0], [0.05, 0.15]])
 _SLOT_JITTER = 0.02
 _CUBE_YAW_RANGE = np.pi / 12
+# The wrist camera, in the panda_hand frame (z points from the wrist to the fingertips): behind the fingers,
+# looking along z so the fingers and what lies between them fill the view (SAPIEN cameras look along +x).
+_HAND_CAMERA_POSE = sapien.Pose(p=[0.06, 0.0, 0.0], q=[np.cos(-np.pi / 4), 0.0, np.sin(-np.pi / 4), 0.0])
+_HAND_CAMERA_FOV = 1.4
 # SAPIEN cylinders lie along x; this quaternion (wxyz) turns the axis to z.
 _PLATE_QUAT = [np.cos(np.pi / 4), 0.0, np.sin(np.pi / 4), 0.0]
 
@@ -77,7 +82,11 @@ class PutCubeOnPlateEnv(BaseEnv):
     @property
     def _default_sensor_configs(self):
         eye, target, fov = CAMERAS[self.camera]
-        return [CameraConfig("base_camera", sapien_utils.look_at(eye=eye, target=target), 128, 128, fov, 0.01, 100)]
+        configs = [CameraConfig("base_camera", sapien_utils.look_at(eye=eye, target=target), 128, 128, fov, 0.01, 100)]
+        if self.camera in WRIST_INSET_VIEWS:
+            configs.append(CameraConfig("hand_camera", _HAND_CAMERA_POSE, 48, 48, _HAND_CAMERA_FOV, 0.01, 100,
+                                        mount=self.agent.robot.links_map["panda_hand"]))
+        return configs
 
     @property
     def _default_human_render_camera_configs(self):

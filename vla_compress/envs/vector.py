@@ -10,7 +10,14 @@ import gymnasium as gym
 import numpy as np
 
 from vla_compress.envs.libero import LIBERO_SUITES, make_libero_env
-from vla_compress.envs.tasks import DEFAULT_CAMERA, check_camera, instruction, resolve_tasks
+from vla_compress.envs.tasks import (
+    DEFAULT_CAMERA,
+    WRIST_INSET_SHARE,
+    WRIST_INSET_VIEWS,
+    check_camera,
+    instruction,
+    resolve_tasks,
+)
 
 SUITES = ("maniskill", *LIBERO_SUITES)
 SIM_BACKENDS = ("physx_cpu", "physx_cuda")
@@ -63,6 +70,10 @@ class PolicyObservation(gym.ObservationWrapper):
         import torch
 
         image = observation["sensor_data"]["base_camera"]["rgb"][..., :3]
+        if "hand_camera" in observation["sensor_data"]:  # a wrist-inset view (tasks.WRIST_INSET_VIEWS)
+            inset = observation["sensor_data"]["hand_camera"]["rgb"][..., :3]
+            image = image.clone()
+            image[..., : inset.shape[-3], -inset.shape[-2]:, :] = inset
         fingers = observation["agent"]["qpos"][..., -2:]
         proprio = torch.cat([observation["extra"]["tcp_pose"], fingers], dim=-1)
         return {"image": image, "proprio": proprio.float()}
@@ -131,6 +142,15 @@ def _make_single(
     return TaskInfo(env, index, seed)
 
 
+def sensor_sizes(camera: str, image_size: int) -> dict[str, dict[str, int]]:
+    """ManiSkill's per-camera ``sensor_configs``: the base view at ``image_size``, a wrist inset at its share."""
+    sizes = {"base_camera": dict(width=image_size, height=image_size)}
+    if camera in WRIST_INSET_VIEWS:
+        inset = max(1, round(image_size * WRIST_INSET_SHARE))
+        sizes["hand_camera"] = dict(width=inset, height=inset)
+    return sizes
+
+
 def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_backend: str, reward_mode: str,
               num_envs: int, camera: str):
     import vla_compress.envs.maniskill_suite as suite
@@ -146,7 +166,7 @@ def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_bac
             reward_mode=reward_mode,
             sim_backend=sim_backend,
             render_backend="cpu" if sim_backend == "physx_cpu" else "gpu",
-            sensor_configs=dict(width=image_size, height=image_size),
+            sensor_configs=sensor_sizes(camera, image_size),
             max_episode_steps=max_episode_steps,
         )
     except RuntimeError as err:
@@ -176,8 +196,8 @@ def make_env(
     after ``max_episode_steps``. ``physx_cpu`` uses ``AsyncVectorEnv`` (spawn) over ``CPUGymWrapper``
     workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU). ``reward_mode``: "dense"
     (RLRC's eq. 6: 1.0 per step while the cube rests on the plate, 0.1 while it is grasped) or "sparse"
-    (the 1.0 term only). ``camera``: the ManiSkill suite's base view, "front" or "workspace" (closer,
-    framed on the objects; see ``maniskill_suite.CAMERAS``).
+    (the 1.0 term only). ``camera``: the ManiSkill suite's base view, "front", "workspace" (closer,
+    framed on the objects) or "workspace+wrist" (with a wrist-camera inset; see ``tasks.CAMERAS``).
 
     ``suite="libero_spatial"`` or ``"libero_10"`` returns :func:`~vla_compress.envs.libero.make_libero_env`
     (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'

@@ -1,6 +1,7 @@
 """Evaluation: success-rate rollouts (ManiSkill IND / OOD, LIBERO) and memory / latency profiles."""
 
+from vla_compress.evaluation.gripper_hysteresis import GripperHysteresis
 from vla_compress.evaluation.profile import ProfileResult, profile
 from vla_compress.evaluation.success import EvalResult, RandomPolicy, evaluate, wilson_interval
 
-__all__ = ["EvalResult", "ProfileResult", "RandomPolicy", "evaluate", "profile", "wilson_interval"]
+__all__ = ["EvalResult", "GripperHysteresis", "ProfileResult", "RandomPolicy", "evaluate", "profile", "wilson_interval"]

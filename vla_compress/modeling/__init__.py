@@ -3,7 +3,6 @@
 
 from .action_tokenizer import ActionTokenizer, normalize_actions, unnormalize_actions
 from .config import OpenVLAConfig, register
-from .gripper_hysteresis import GripperHysteresis
 from .loading import build_model, resolve_device, resolve_dtype
 from .modeling_openvla import ACTION_DIM, OpenVLAForActionPrediction
 from .presets import PRESETS, preset_config
@@ -14,7 +13,7 @@ from .vla_cache import VLACacheConfig, VLACachePolicy
 register()
 
 __all__ = [
-    "ACTION_DIM", "ActionTokenizer", "GripperHysteresis", "OpenVLAConfig", "OpenVLAForActionPrediction",
+    "ACTION_DIM", "ActionTokenizer", "OpenVLAConfig", "OpenVLAForActionPrediction",
     "OpenVLAProcessor", "PRESETS", "build_model", "component_sizes", "normalize_actions", "preset_config", "prompt_for",
     "register", "resolve_device", "resolve_dtype", "unnormalize_actions", "VLACacheConfig", "VLACachePolicy",
 ]

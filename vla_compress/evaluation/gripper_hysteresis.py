@@ -37,7 +37,7 @@ class GripperHysteresis:
     """
 
     def __init__(self, policy: Any, switch_after: int = 2, decode: str | None = None) -> None:
-        from .modeling_openvla import action_predictor
+        from vla_compress.modeling.modeling_openvla import action_predictor
 
         check_switch_after(switch_after)
         self.policy = policy
