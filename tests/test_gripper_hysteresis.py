@@ -96,3 +96,18 @@ def test_record_episodes_resets_a_stateful_learner_before_each_batch(monkeypatch
         demos.record_episodes(Envs(), Expert(), [0], "t", lambda obs, info, a: events.append("act") or a, 3,
                               on_reset=lambda: events.append("policy reset"))
     assert events == ["env reset", "policy reset", "act"] * 2
+
+
+def test_episode_reset_finds_a_stateful_policys_reset_only():
+    from vla_compress.modeling.modeling_openvla import episode_reset
+
+    policy = GripperHysteresis(ScriptedGripper([[OPEN]]))
+    policy.predict_action(None, ["go"])
+    episode_reset(policy)()
+    assert policy._held is None
+    assert episode_reset(ScriptedGripper([])) is None
+
+    class NotCallable:
+        reset = True
+
+    assert episode_reset(NotCallable()) is None

@@ -45,7 +45,7 @@ def collect_dagger(
     from vla_compress.data.expert import ScriptedExpert
     from vla_compress.envs import make_env
     from vla_compress.envs.maniskill_suite import DEFAULT_EPISODE_STEPS
-    from vla_compress.modeling.modeling_openvla import action_predictor
+    from vla_compress.modeling.modeling_openvla import action_predictor, episode_reset
 
     tasks = resolve_tasks(tasks)
     if episodes_per_task < 1:
@@ -55,8 +55,7 @@ def collect_dagger(
     if not 0.0 <= expert_mix <= 1.0:
         raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
     predict = action_predictor(policy, decode)
-    reset_policy = getattr(policy, "reset", None)
-    reset_policy = reset_policy if callable(reset_policy) else None
+    reset_policy = episode_reset(policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_steps = max_episode_steps or DEFAULT_EPISODE_STEPS

@@ -146,10 +146,10 @@ def evaluate(
     tasks, tasks_ind, tasks_ood, steps, jobs = _episodes(suite, tasks, episodes_per_task, seed, max_episode_steps)
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    from vla_compress.modeling.modeling_openvla import action_predictor
+    from vla_compress.modeling.modeling_openvla import action_predictor, episode_reset
 
     predict = action_predictor(policy, decode)
-    reset_policy = getattr(policy, "reset", None)  # a stateful policy forgets the last episodes
+    reset_policy = episode_reset(policy)
     own_envs = envs is None
     if own_envs:
         num_envs = min(num_envs, len(jobs))
@@ -164,7 +164,7 @@ def evaluate(
             batch = jobs[start:start + num_envs]
             batch += [batch[-1]] * (num_envs - len(batch))  # pad the last round; padded results dropped
             obs, info = envs.reset(seed=[j[2] for j in batch], options={"tasks": [j[0] for j in batch]})
-            if callable(reset_policy):
+            if reset_policy is not None:
                 reset_policy()
             init_states = info.get("init_state")  # LIBERO only
             success_step = np.full(num_envs, -1)

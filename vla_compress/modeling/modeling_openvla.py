@@ -92,6 +92,14 @@ def action_predictor(policy, decode: str | None = None) -> Callable:
     return partial(policy.predict_action, decode=decode)
 
 
+def episode_reset(policy) -> Callable[[], None] | None:
+    """`policy`'s ``reset()`` when it has one (a stateful policy, such as ``VLACachePolicy`` or
+    ``GripperHysteresis``, forgets the last episodes), else None: the rollout loops call it at every
+    episode start."""
+    reset = getattr(policy, "reset", None)
+    return reset if callable(reset) else None
+
+
 class ScaleFactorLayerScale(nn.Module):
     """timm's LayerScale with its parameter named `scale_factor`, as in OpenVLA checkpoints.
 
