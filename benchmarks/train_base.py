@@ -54,10 +54,9 @@ from vla_compress.data.demos import STATE_FIELDS, atomic_write_json, record_task
 from vla_compress.data.expert import ScriptedExpert
 from vla_compress.envs import make_env
 from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, TASKS_IND, TASKS_OOD, resolve_tasks
-from vla_compress.evaluation import evaluate
+from vla_compress.evaluation import GripperHysteresis, evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
-from vla_compress.evaluation import GripperHysteresis
 from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
 from vla_compress.modeling.presets import SHIPPED_PRESETS

@@ -454,7 +454,8 @@ def evaluate(
     image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
-    camera: Annotated[str, typer.Option(help="ManiSkill base view the policy was trained on: front, workspace or workspace+wrist (wrist-camera inset).")
+    camera: Annotated[str, typer.Option(
+        help="ManiSkill base view the policy was trained on: front, workspace or workspace+wrist (wrist inset).")
                       ] = "front",
     decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static, compiled or frozen.")
                       ] = "dynamic",
@@ -480,8 +481,7 @@ def evaluate(
         from vla_compress.envs.tasks import check_camera
 
         check_camera(camera)
-        from vla_compress.modeling import GripperHysteresis
-        from vla_compress.evaluation.gripper_hysteresis import check_switch_after
+        from vla_compress.evaluation.gripper_hysteresis import GripperHysteresis, check_switch_after
         from vla_compress.modeling.modeling_openvla import check_decode
 
         check_switch_after(gripper_switch_after)

@@ -20,8 +20,8 @@ CAMERAS: dict[str, tuple[list[float], list[float], float]] = {
     "workspace": ([0.30, 0.0, 0.36], [-0.06, 0.0, 0.02], 1.0),
 }
 # Views with a wrist-camera inset: the base view named here, with the hand camera's image pasted into its
-# top-right corner (a square of WRIST_INSET_SHARE of the image side). From the base view alone whether the cube sits between the
-# fingers is a few pixels; the wrist camera sees it close up, as real VLA setups do with a wrist camera.
+# top-right corner (a square of WRIST_INSET_SHARE of the image side). From the base view alone whether the
+# cube sits between the fingers is a few pixels; the wrist camera sees it close up, as real VLA setups do.
 WRIST_INSET_VIEWS: dict[str, str] = {"workspace+wrist": "workspace"}
 WRIST_INSET_SHARE = 0.375  # 48 px of 128: 3 x 3 patches of 16 px
 CAMERAS.update({name: CAMERAS[base] for name, base in WRIST_INSET_VIEWS.items()})
