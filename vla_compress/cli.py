@@ -454,9 +454,8 @@ def evaluate(
     image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
-    camera: Annotated[str, typer.Option(
-        help="ManiSkill base view the policy was trained on: front, workspace or workspace+wrist (wrist inset).")
-                      ] = "front",
+    camera: Annotated[str, typer.Option(help="ManiSkill view the policy was trained on: front, workspace or "
+                                             "workspace+wrist (wrist-camera inset).")] = "front",
     decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static, compiled or frozen.")
                       ] = "dynamic",
     gripper_switch_after: Annotated[
