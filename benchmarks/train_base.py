@@ -77,10 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes-per-task", type=int, default=50, help="expert demos per IND task")
     parser.add_argument("--demo-noise", type=float, default=0.1, help="DART noise on the expert's executed xyz")
     parser.add_argument("--layouts-per-task", type=int, default=400, help="reset states per IND task (0: none)")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps on the demos alone")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps on the demos alone")
     parser.add_argument("--dagger-rounds", type=int, default=3)
     parser.add_argument("--dagger-episodes", type=int, default=8, help="learner rollouts per IND task per round")
-    parser.add_argument("--dagger-steps", type=int, default=1000, help="training steps after each round")
+    parser.add_argument("--dagger-steps", type=int, default=700, help="training steps after each round")
     parser.add_argument("--decode", choices=[d for d in DECODE_PATHS if d != "frozen"], default="compiled",
                         help="predict_action's decode path in the DAgger rollouts and the evaluation (compiled: "
                              "about 2x faster per action for this small model here; the card's command names it)")
@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks-limit", type=int, default=None,
                         help="smoke runs: only the first N IND tasks (and N OOD tasks in the evaluation)")
     parser.add_argument("--num-envs", type=int, default=2, help="simulator workers")
-    parser.add_argument("--camera", default="workspace", choices=sorted(CAMERAS), help="the suite's base view")
+    parser.add_argument("--camera", default="workspace+wrist", choices=sorted(CAMERAS),
+                        help="the suite's view (workspace+wrist: the workspace view with a wrist-camera inset)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="model init and batch order")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
