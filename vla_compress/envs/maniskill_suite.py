@@ -28,6 +28,7 @@ from vla_compress.envs.tasks import (
     COLOUR_NAMES,
     COLOURS,
     DEFAULT_CAMERA,
+    WRIST_INSET_SHARE,
     WRIST_INSET_VIEWS,
     check_camera,
     instruction,
@@ -82,9 +83,12 @@ class PutCubeOnPlateEnv(BaseEnv):
     @property
     def _default_sensor_configs(self):
         eye, target, fov = CAMERAS[self.camera]
-        configs = [CameraConfig("base_camera", sapien_utils.look_at(eye=eye, target=target), 128, 128, fov, 0.01, 100)]
+        size = 128  # make_env sets both cameras' sizes from its image_size
+        pose = sapien_utils.look_at(eye=eye, target=target)
+        configs = [CameraConfig("base_camera", pose, size, size, fov, 0.01, 100)]
         if self.camera in WRIST_INSET_VIEWS:
-            configs.append(CameraConfig("hand_camera", _HAND_CAMERA_POSE, 48, 48, _HAND_CAMERA_FOV, 0.01, 100,
+            inset = round(size * WRIST_INSET_SHARE)
+            configs.append(CameraConfig("hand_camera", _HAND_CAMERA_POSE, inset, inset, _HAND_CAMERA_FOV, 0.01, 100,
                                         mount=self.agent.robot.links_map["panda_hand"]))
         return configs
 

@@ -142,11 +142,11 @@ def _make_single(
     return TaskInfo(env, index, seed)
 
 
-def sensor_sizes(camera: str, image_size: int) -> dict[str, dict[str, int]]:
+def _sensor_sizes(camera: str, image_size: int) -> dict[str, dict[str, int]]:
     """ManiSkill's per-camera ``sensor_configs``: the base view at ``image_size``, a wrist inset at its share."""
     sizes = {"base_camera": dict(width=image_size, height=image_size)}
     if camera in WRIST_INSET_VIEWS:
-        inset = max(1, round(image_size * WRIST_INSET_SHARE))
+        inset = round(image_size * WRIST_INSET_SHARE)  # make_env checks image_size >= 16
         sizes["hand_camera"] = dict(width=inset, height=inset)
     return sizes
 
@@ -166,7 +166,7 @@ def _gym_make(tasks: list[str], image_size: int, max_episode_steps: int, sim_bac
             reward_mode=reward_mode,
             sim_backend=sim_backend,
             render_backend="cpu" if sim_backend == "physx_cpu" else "gpu",
-            sensor_configs=sensor_sizes(camera, image_size),
+            sensor_configs=_sensor_sizes(camera, image_size),
             max_episode_steps=max_episode_steps,
         )
     except RuntimeError as err:
