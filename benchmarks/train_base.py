@@ -3,6 +3,7 @@ r"""Train the shipped base policy `tiny-maniskill` from scratch on this CPU: one
     python benchmarks/train_base.py --output-dir /work/runs/base          # the whole recipe (docs/model_card.md)
     python benchmarks/train_base.py --output-dir /tmp/b --episodes-per-task 1 --steps 4 --dagger-rounds 1 \
         --dagger-episodes 1 --dagger-steps 2 --eval-episodes 1 --tasks-limit 2 --no-ship   # smoke
+    python benchmarks/train_base.py --output-dir /work/runs/more --init tiny-maniskill --steps 0  # more DAgger
 
 Stages, each cached in --output-dir so a rerun after an interruption resumes where it stopped:
   demos/          scripted-expert demonstrations of the 16 IND tasks (one HDF5 file per task)
@@ -15,7 +16,12 @@ Stages, each cached in --output-dir so a rerun after an interruption resumes whe
   eval.json       greedy success on all 25 tasks (IND and held-out OOD), --eval-episodes per task, on
                   evaluation seeds disjoint from every demo and DAgger seed
   final/          the model in the OpenVLA format, model_card.json (settings, stage wall times, success
-                  with 95% Wilson intervals), eval_by_task.md; copied into the package unless --no-ship
+                  with 95% Wilson intervals), eval_by_task.md, the training-only heads; copied into the
+                  package unless --no-ship
+
+With --init the recipe continues a model this script wrote (the shipped one included) instead of starting
+from scratch: train_0 fine-tunes it for --steps (0: skipped) and the DAgger rounds continue its numbering,
+so a session can add rounds to the last one's model without repeating its hours.
 
 Training (written here, not `train_sft`, for two training-only losses the library's SFT has no use for):
   - the action tokens' cross-entropy against a Gaussian-smoothed target over neighbouring bins (the
@@ -46,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import EVAL_SEED
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -59,7 +66,7 @@ from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
 from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
-from vla_compress.modeling.presets import SHIPPED_PRESETS
+from vla_compress.modeling.presets import SHIPPED_PRESETS, shipped_preset_dir
 from vla_compress.modeling.processing import resize_images, shift_images, shift_offsets
 from vla_compress.recovery.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_compress.recovery.sft import warmup_cosine
@@ -68,12 +75,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PRESET_DIR = REPO / "vla_compress" / "presets" / SHIPPED_PRESETS["tiny-maniskill"]
 DEMO_SEED, DAGGER_SEED, LAYOUT_SEED = 0, 100, 200  # episode seeds never overlap with EVAL_SEED's (see --help)
 PROBE_SEED = 700  # benchmarks/layout_probe.py's held-out layouts: no training stage uses it
+HEADS_FILE = "training_heads.safetensors"  # the training-only heads, beside the weights, for a later --init
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/train_base"))
     parser.add_argument("--preset", default="tiny-policy", help="architecture preset trained from scratch")
+    parser.add_argument("--init", default=None,
+                        help="continue from this model instead of training --preset from scratch: a shipped "
+                             "preset (tiny-maniskill) or a final/ directory of this script; its training heads "
+                             "and DAgger round numbering carry over, so no DAgger seed repeats; --steps may be 0")
     parser.add_argument("--episodes-per-task", type=int, default=50, help="expert demos per IND task")
     parser.add_argument("--demo-noise", type=float, default=0.1, help="DART noise on the expert's executed xyz")
     parser.add_argument("--layouts-per-task", type=int, default=400, help="reset states per IND task (0: none)")
@@ -108,7 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="model init and batch order")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     args = parser.parse_args(argv)
-    for name in ("episodes_per_task", "steps", "dagger_episodes", "dagger_steps", "batch_size",
+    if args.steps < (0 if args.init else 1):
+        parser.error(f"--steps must be >= 1 (>= 0 with --init), got {args.steps}")
+    for name in ("episodes_per_task", "dagger_episodes", "dagger_steps", "batch_size",
                  "checkpoint_every", "eval_episodes", "num_envs", "threads", "gripper_switch_after"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -401,6 +415,17 @@ def rollout_policy(model, args: argparse.Namespace) -> GripperHysteresis:
     return GripperHysteresis(model, switch_after=args.gripper_switch_after, decode=args.decode)
 
 
+def initial_model(name_or_path: str) -> tuple[nn.Module, nn.ModuleDict, dict]:
+    """`--init`'s model in fp32, its training heads (fresh when it has none saved) and its card ({} if none)."""
+    model = load_vla(name_or_path, dtype=torch.float32)
+    heads = make_heads(model.config.text_config.hidden_size)
+    directory = shipped_preset_dir(name_or_path) or Path(name_or_path).expanduser()
+    if (directory / HEADS_FILE).exists():
+        heads.load_state_dict(load_file(str(directory / HEADS_FILE)))
+    card = directory / "model_card.json"
+    return model, heads, json.loads(card.read_text()) if card.exists() else {}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -410,25 +435,33 @@ def main(argv: list[str] | None = None) -> None:
     tasks = list(TASKS_IND[: args.tasks_limit]) if args.tasks_limit else "ind"
     eval_tasks = [*TASKS_IND[: args.tasks_limit], *TASKS_OOD[: args.tasks_limit]] if args.tasks_limit else "all"
 
+    init = initial_model(args.init) if args.init else None  # a bad --init fails before any work
     demos = out / "demos"
     if not (demos / "norm_stats.json").exists():
         generate_demos(demos, tasks=tasks, episodes_per_task=args.episodes_per_task, seed=DEMO_SEED,
                        num_workers=args.num_envs, noise_std=args.demo_noise, camera=args.camera)
     if "demos" not in clock.seconds:  # generation's own total, which also counts runs interrupted and resumed
         clock.record("demos", json.loads((demos / "summary.json").read_text())["seconds"])
-    norm_stats = DemoDataset(demos).norm_stats
-
-    model = build_model(preset_config(args.preset, norm_stats=norm_stats), seed=args.seed)
-    torch.manual_seed(args.seed)
-    heads = make_heads(model.config.text_config.hidden_size)
-    data = TrainSet(model, norm_stats)
+    if init is None:
+        model = build_model(preset_config(args.preset, norm_stats=DemoDataset(demos).norm_stats), seed=args.seed)
+        torch.manual_seed(args.seed)
+        heads, init_card = make_heads(model.config.text_config.hidden_size), {}
+    else:
+        model, heads, init_card = init
+    # the model's own statistics: the targets must be normalised as its predictions are unnormalised
+    data = TrainSet(model, model.config.norm_stats)
     demo_samples = data.add(demos)
     if args.layouts_per_task:
         data.add(record_layouts(out / "layouts", tasks, args.layouts_per_task, args.num_envs, args.camera, clock))
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {demo_samples} demo samples")
-    report = {"train_0": train_stage(model, heads, data, args.steps, args.lr, out / "train_0", args, clock)}
+    report = {}
+    if args.steps:
+        report["train_0"] = train_stage(model, heads, data, args.steps, args.lr, out / "train_0", args, clock)
 
-    for r in range(1, args.dagger_rounds + 1):
+    earlier_seeds = init_card.get("seeds", {}).get("dagger", [])
+    first_round = max(earlier_seeds, default=DAGGER_SEED) - DAGGER_SEED + 1
+    rounds = range(first_round, first_round + args.dagger_rounds)
+    for r in rounds:
         began = time.perf_counter()
         dagger = out / f"dagger_{r}"
         if not (dagger / "summary.json").exists():
@@ -453,14 +486,20 @@ def main(argv: list[str] | None = None) -> None:
     success = success_summary(result)
     final = out / "final"
     model.to(torch.float16).save_pretrained(final)
+    save_file(heads.state_dict(), str(final / HEADS_FILE))
+    hours = sum(clock.seconds.values()) / 3600
     card = {
-        "preset": args.preset, "parameters": sum(p.numel() for p in model.parameters()),
+        "preset": init_card.get("preset", args.preset) if init else args.preset,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "lm_parameters": sum(p.numel() for p in model.language_model.parameters()),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "training": report, "demo_samples": demo_samples,
         "seeds": {"demos": DEMO_SEED, "layouts": LAYOUT_SEED, "evaluation": EVAL_SEED,
-                  "dagger": [DAGGER_SEED + r for r in range(1, args.dagger_rounds + 1)]},
-        "stage_seconds": clock.seconds, "total_hours": sum(clock.seconds.values()) / 3600,
+                  "dagger": [*earlier_seeds, *(DAGGER_SEED + r for r in rounds)]},
+        "stage_seconds": clock.seconds, "total_hours": hours,
+        "init": None if init is None else {"from": args.init, "success": init_card.get("success"),
+                                           "stage_seconds": init_card.get("stage_seconds")},
+        "lineage_hours": hours + init_card.get("lineage_hours", init_card.get("total_hours", 0.0)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch threads",
         "ind_success_rate": result["ind_success_rate"], "ood_success_rate": result["ood_success_rate"],
         "success": success, "eval_episodes_per_task": args.eval_episodes,

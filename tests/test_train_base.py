@@ -34,6 +34,16 @@ def test_bad_flags_exit_2_naming_the_flag(flag, value, capsys):
     assert flag.lstrip("-").split("-")[0] in capsys.readouterr().err
 
 
+def test_steps_0_is_allowed_only_when_continuing_a_model():
+    assert train_base.parse_args(["--init", "tiny-maniskill", "--steps", "0"]).steps == 0
+
+
+def test_a_missing_init_model_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="name_or_path"):
+        train_base.main(["--output-dir", str(tmp_path), "--init", str(tmp_path / "absent"), "--no-ship"])
+    assert not (tmp_path / "demos").exists()
+
+
 def test_smoothed_action_loss_is_lowest_at_the_target_and_orders_near_misses():
     target = torch.tensor([[100]])
     def loss_at(index: int) -> float:
@@ -138,3 +148,16 @@ def test_recipe_runs_every_stage_and_resumes_without_recomputing(tmp_path):
     again = json.loads((tmp_path / "final" / "model_card.json").read_text())
     assert again["stage_seconds"] == seconds  # every stage was cached: nothing ran twice
     assert again["success"] == card["success"]
+
+    # a later session continues the model: no train_0, its heads reloaded, DAgger seeds not repeated
+    assert (tmp_path / "final" / train_base.HEADS_FILE).exists()
+    more = tmp_path / "more"
+    continued = subprocess.run([*command[:2], "--output-dir", str(more), *SMOKE, "--init", str(tmp_path / "final"),
+                                "--steps", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                               check=False)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    third = json.loads((more / "final" / "model_card.json").read_text())
+    assert third["seeds"]["dagger"] == [train_base.DAGGER_SEED + 1, train_base.DAGGER_SEED + 2]
+    assert (more / "dagger_2" / "summary.json").exists() and not (more / "dagger_1").exists()
+    assert "train_0" not in third["stage_seconds"] and third["init"]["from"] == str(tmp_path / "final")
+    assert third["lineage_hours"] > third["total_hours"]
