@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     save_file(heads.state_dict(), str(final / HEADS_FILE))
     hours = sum(clock.seconds.values()) / 3600
     card = {
-        "preset": init_card.get("preset", args.preset) if init else args.preset,
+        "preset": init_card.get("preset", args.preset),  # init_card is {} from scratch
         "parameters": sum(p.numel() for p in model.parameters()),
         "lm_parameters": sum(p.numel() for p in model.language_model.parameters()),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
