@@ -415,9 +415,11 @@ def rollout_policy(model, args: argparse.Namespace) -> GripperHysteresis:
     return GripperHysteresis(model, switch_after=args.gripper_switch_after, decode=args.decode)
 
 
-def initial_model(name_or_path: str) -> tuple[nn.Module, nn.ModuleDict, dict]:
-    """`--init`'s model in fp32, its training heads (fresh when it has none saved) and its card ({} if none)."""
+def initial_model(name_or_path: str, seed: int) -> tuple[nn.Module, nn.ModuleDict, dict]:
+    """`--init`'s model in fp32, its training heads (fresh from `seed` when it has none saved) and its card
+    ({} if none)."""
     model = load_vla(name_or_path, dtype=torch.float32)
+    torch.manual_seed(seed)
     heads = make_heads(model.config.text_config.hidden_size)
     directory = shipped_preset_dir(name_or_path) or Path(name_or_path).expanduser()
     if (directory / HEADS_FILE).exists():
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks = list(TASKS_IND[: args.tasks_limit]) if args.tasks_limit else "ind"
     eval_tasks = [*TASKS_IND[: args.tasks_limit], *TASKS_OOD[: args.tasks_limit]] if args.tasks_limit else "all"
 
-    init = initial_model(args.init) if args.init else None  # a bad --init fails before any work
+    init = initial_model(args.init, args.seed) if args.init else None  # a bad --init fails before any work
     demos = out / "demos"
     if not (demos / "norm_stats.json").exists():
         generate_demos(demos, tasks=tasks, episodes_per_task=args.episodes_per_task, seed=DEMO_SEED,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vla_compress import load_vla
+from vla_compress.envs.tasks import DEFAULT_CAMERA
 from vla_compress.modeling.presets import shipped_preset_dir
 
 
@@ -21,19 +22,21 @@ def test_shipped_preset_loads_as_float32_with_norm_stats():
     card = json.loads((shipped_preset_dir("tiny-maniskill") / "model_card.json").read_text())
     evaluation = json.loads((shipped_preset_dir("tiny-maniskill") / "eval.json").read_text())
     assert card["ind_success_rate"] == evaluation["ind_success_rate"]
-    assert evaluation["episodes_per_task"] >= 10 and len(evaluation["success_rate"]) == 25
+    assert evaluation["episodes_per_task"] >= 20 and len(evaluation["success_rate"]) == 25
+    assert card["camera"] == DEFAULT_CAMERA  # the suite's default view is the one the shipped policy reads
 
 
 @pytest.mark.sim
 def test_shipped_preset_succeeds_on_seeded_ind_episodes():
     """The issue's CI check: a few seeded IND episodes of two of its better tasks, greedy decoding.
 
-    Measured when shipped: 5 of these 6 episodes succeed (31 s on 2 CPU cores); an untrained or
-    0%-success policy never places a cube, so at least 2 of 6 is a meaningful floor.
+    Measured when shipped (2026-12-03): all 6 episodes succeed (29 s on 2 CPU cores; 90% each over 20
+    evaluation episodes). The floor of 4 leaves room for a float difference on another CPU flipping a
+    greedy episode; the previous weights (19.4% IND) would rarely reach it, an untrained policy never.
     """
     from vla_compress.evaluation import evaluate
 
-    result = evaluate(load_vla("tiny-maniskill"), tasks=["red_cube_on_red_plate", "purple_cube_on_blue_plate"],
+    result = evaluate(load_vla("tiny-maniskill"), tasks=["red_cube_on_blue_plate", "yellow_cube_on_blue_plate"],
                       episodes_per_task=3, num_envs=2, seed=0, progress=False)
-    assert result.ind_success_rate >= 2 / 6, result.success_rate
+    assert result.ind_success_rate >= 4 / 6, result.success_rate
     assert result.mean_return > 0

@@ -44,6 +44,20 @@ def test_a_missing_init_model_fails_before_any_work(tmp_path):
     assert not (tmp_path / "demos").exists()
 
 
+def test_init_heads_are_reloaded_when_saved_and_seeded_when_not(tmp_path):
+    from safetensors.torch import save_file
+
+    from vla_compress.modeling import build_model, preset_config
+
+    build_model(preset_config("tiny", text_config={"num_hidden_layers": 2})).save_pretrained(tmp_path)
+    fresh = [train_base.initial_model(str(tmp_path), seed=s)[1].state_dict() for s in (0, 0, 1)]
+    assert all(torch.equal(fresh[0][k], fresh[1][k]) for k in fresh[0])
+    assert not all(torch.equal(fresh[0][k], fresh[2][k]) for k in fresh[0])
+    save_file(fresh[2], str(tmp_path / train_base.HEADS_FILE))
+    reloaded = train_base.initial_model(str(tmp_path), seed=0)[1].state_dict()
+    assert all(torch.equal(reloaded[k], fresh[2][k]) for k in fresh[2])
+
+
 def test_smoothed_action_loss_is_lowest_at_the_target_and_orders_near_misses():
     target = torch.tensor([[100]])
     def loss_at(index: int) -> float:

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from vla_compress.envs.tasks import DEFAULT_CAMERA
+
 app = typer.Typer(
     name="vla-compress",
     no_args_is_help=True,
@@ -455,7 +457,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
     unnorm_key: Annotated[str | None, typer.Option(help="norm_stats entry to un-normalise actions.")] = None,
     camera: Annotated[str, typer.Option(help="ManiSkill view the policy was trained on: front, workspace or "
-                                             "workspace+wrist (wrist-camera inset).")] = "front",
+                                             "workspace+wrist (wrist-camera inset).")] = DEFAULT_CAMERA,
     decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static, compiled or frozen.")
                       ] = "dynamic",
     gripper_switch_after: Annotated[

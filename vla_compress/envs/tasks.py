@@ -25,7 +25,7 @@ CAMERAS: dict[str, tuple[list[float], list[float], float]] = {
 WRIST_INSET_VIEWS: dict[str, str] = {"workspace+wrist": "workspace"}
 WRIST_INSET_SHARE = 0.375  # 48 px of 128: 3 x 3 patches of 16 px
 CAMERAS.update({name: CAMERAS[base] for name, base in WRIST_INSET_VIEWS.items()})
-DEFAULT_CAMERA = "front"
+DEFAULT_CAMERA = "workspace+wrist"  # the view the shipped tiny-maniskill was trained on
 OPEN, CLOSED = 1.0, -1.0  # the gripper action (action[..., 6]) of every suite here: +1 open, -1 closed
 
 

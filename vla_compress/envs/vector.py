@@ -196,8 +196,8 @@ def make_env(
     after ``max_episode_steps``. ``physx_cpu`` uses ``AsyncVectorEnv`` (spawn) over ``CPUGymWrapper``
     workers; ``physx_cuda`` uses ManiSkill's GPU batching (tensors on the GPU). ``reward_mode``: "dense"
     (RLRC's eq. 6: 1.0 per step while the cube rests on the plate, 0.1 while it is grasped) or "sparse"
-    (the 1.0 term only). ``camera``: the ManiSkill suite's base view, "front", "workspace" (closer,
-    framed on the objects) or "workspace+wrist" (with a wrist-camera inset; see ``tasks.CAMERAS``).
+    (the 1.0 term only). ``camera``: the ManiSkill suite's view, "front", "workspace" (closer,
+    framed on the objects) or "workspace+wrist" (the default: with a wrist-camera inset; see ``tasks.CAMERAS``).
 
     ``suite="libero_spatial"`` or ``"libero_10"`` returns :func:`~vla_compress.envs.libero.make_libero_env`
     (optional extra ``vla-compress[libero]``; tasks are LIBERO task names or indices 0..9, 'all'/'ind'

@@ -135,8 +135,9 @@ def evaluate(
     Writes JSON to ``output`` when given. ``envs``: an open vector env to run in, from ``make_env`` with this
     suite, tasks, image size and ``max_episode_steps``; its worker count replaces ``num_envs`` and it is left
     open, so one env serves several evaluations (building one renders its first frame, seconds on a CPU).
-    None: one is built and closed. ``camera``: the ManiSkill suite's base view ("front" or "workspace"),
-    the one the policy was trained on. ``decode``: an OpenVLA model's ``predict_action`` decode path
+    None: one is built and closed. ``camera``: the ManiSkill suite's view (``tasks.CAMERAS``; default
+    "workspace+wrist", the shipped tiny-maniskill's), the one the policy was trained on. ``decode``: an
+    OpenVLA model's ``predict_action`` decode path
     ("dynamic", "static", "compiled", "frozen"; None: its default, "dynamic"); "compiled" is the fastest for a
     small model on a CPU once compiled (the batch stays ``num_envs``, so it compiles once), "frozen" for a
     large one at batch 1 (weights frozen into the graph; see ``generate_action_indices``).
