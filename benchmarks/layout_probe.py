@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from train_base import PROBE_SEED, record_layouts
 
-from vla_compress.envs.tasks import CAMERAS, TASKS_IND
+from vla_compress.envs.tasks import CAMERAS, DEFAULT_CAMERA, TASKS_IND
 from vla_compress.loading import load_vla
 
 
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="a model directory (a train_base.py checkpoint)")
     parser.add_argument("--run-dir", type=Path, required=True, help="the train_base.py run (its layouts/)")
     parser.add_argument("--per-task", type=int, default=25, help="held-out reset states per IND task")
-    parser.add_argument("--camera", default="workspace+wrist", choices=sorted(CAMERAS),
+    parser.add_argument("--camera", default=DEFAULT_CAMERA, choices=sorted(CAMERAS),
                         help="the view the checkpoint was trained on (train_base.py's --camera)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tasks-limit", type=int, default=None, help="only the first N IND tasks (tests)")

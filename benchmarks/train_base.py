@@ -60,7 +60,7 @@ from vla_compress.data import DemoDataset, collect_dagger, generate_demos
 from vla_compress.data.demos import STATE_FIELDS, atomic_write_json, record_task_file
 from vla_compress.data.expert import ScriptedExpert
 from vla_compress.envs import make_env
-from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, TASKS_IND, TASKS_OOD, resolve_tasks
+from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, DEFAULT_CAMERA, TASKS_IND, TASKS_OOD, resolve_tasks
 from vla_compress.evaluation import GripperHysteresis, evaluate
 from vla_compress.evaluation.success import wilson_interval
 from vla_compress.loading import load_vla
@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks-limit", type=int, default=None,
                         help="smoke runs: only the first N IND tasks (and N OOD tasks in the evaluation)")
     parser.add_argument("--num-envs", type=int, default=2, help="simulator workers")
-    parser.add_argument("--camera", default="workspace+wrist", choices=sorted(CAMERAS),
+    parser.add_argument("--camera", default=DEFAULT_CAMERA, choices=sorted(CAMERAS),
                         help="the suite's view (workspace+wrist: the workspace view with a wrist-camera inset)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="model init and batch order")
