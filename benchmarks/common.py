@@ -128,8 +128,9 @@ def parser_for(doc: str | None, presets: Sequence[str], output_dir: str,
                              "of the base's recipe nor the demos generated here at --seed 0; 0 on LIBERO: "
                              "OpenVLA's init-state protocol)")
     parser.add_argument("--output-dir", type=Path, default=Path(output_dir))
-    parser.add_argument("--demos", type=Path, default=None,
-                        help="demo directory (default: generated into <output-dir>/demos)")
+    parser.add_argument("--demos", type=Path, nargs="+", default=None,
+                        help="demo directory (default: generated into <output-dir>/demos); several are read in order "
+                             "with the first one's norm stats, e.g. a base recipe's demos and DAgger rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     if suite:
         parser.add_argument("--suite", choices=SUITES, default="maniskill",
@@ -156,6 +157,8 @@ def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None,
     if suite != "maniskill":
         if args.demos is None:
             parser.error(f"--suite {suite} {LIBERO_DEMOS_HELP}")
+        if len(args.demos) > 1:
+            parser.error(f"--suite {suite}: give one --demos directory of LIBERO HDF5 files, got {len(args.demos)}")
         if not installed("libero"):
             parser.error(f"--suite {suite}: {INSTALL_HELP}")
     if getattr(args, "eval_seed", 0) is None:  # parser_for's flag; ppo_tasks.py has its own
@@ -257,14 +260,14 @@ class Stages:
     def demos(self) -> DemoDataset | LiberoDataset:
         """`--demos` (LIBERO HDF5 files for a LIBERO suite), else ManiSkill demos generated into <out>/demos."""
         if self._demos is None and self.suite != "maniskill":
-            self._demos = LiberoDataset(self.args.demos)
+            self._demos = LiberoDataset(self.args.demos[0])
         if self._demos is None:
-            path = self.args.demos or self.out / "demos"
-            if self.args.demos is None and not (path / "norm_stats.json").exists():
-                self.log(f"demos: generating into {path}")
-                generate_demos(path, tasks=self.preset.demo_tasks, episodes_per_task=self.preset.demo_episodes,
+            paths = self.args.demos or [self.out / "demos"]
+            if self.args.demos is None and not (paths[0] / "norm_stats.json").exists():
+                self.log(f"demos: generating into {paths[0]}")
+                generate_demos(paths[0], tasks=self.preset.demo_tasks, episodes_per_task=self.preset.demo_episodes,
                                image_size=128, seed=self.args.seed)
-            self._demos = DemoDataset(path)
+            self._demos = DemoDataset(paths)
         return self._demos
 
     def calibration(self) -> list[dict]:

@@ -10,6 +10,9 @@ Models: `tiny-maniskill` (the embedded default, trained weights), `openvla-7b-pr
 depth, head layout and fused 224 px ViTs at a width a CPU runs; random weights) and, on a GPU,
 `openvla-7b` (random weights). Pruning uses the data-free l2 criterion, which gives the same shapes as
 Taylor; the 4-bit rows use `--low-bit` (aten weight-only int4 on a CPU, bitsandbytes NF4 on a GPU).
+The VLA-Cache row is the dense model as `VLACachePolicy`, profiled on consecutive frames (a still
+background with a moving block, `table3_hardware.moving_block_episode`) with its own decode (`dynamic`);
+its floor is the dense row's, as the tokens it reuses vary per step.
 
     python benchmarks/speed.py                                                    # CPU defaults
     python benchmarks/speed.py --device cuda --dtype bfloat16 --models openvla-7b --round-to 128
@@ -29,9 +32,9 @@ from typing import Any
 
 import torch
 from report import fmt, machine, machine_line, ratio, report_main, table, versions, write_report
-from table3_hardware import compress, release_memory
+from table3_hardware import compress, moving_block_episode, release_memory
 
-from vla_compress import load_vla
+from vla_compress import VLACachePolicy, load_vla
 from vla_compress.evaluation import profile
 from vla_compress.evaluation.roofline import action_cost, measure_rates, weight_bytes_read
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
@@ -42,6 +45,7 @@ ROWS: dict[str, tuple[str, float | None, int | None]] = {
     "rlrc": ("RLRC (block pruning 90%)", 0.9, None),
     "rlrc_4bit": ("RLRC-4bit (90% + 4-bit)", 0.9, 4),
     "dense_4bit": ("dense + 4-bit", None, 4),
+    "vla_cache": ("VLA-Cache (dense, moving-block episode)", None, None),
 }
 TARGET_MODEL = "openvla-7b-proxy"
 
@@ -84,6 +88,7 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
     """Build, compress and profile one row; its floor from the FLOPs of its (unquantized) shapes."""
     label, sparsity, bits = ROWS[key]
     model = load_vla(name, device=args.device, dtype=args.dtype, seed=args.seed)
+    policy = None
     try:
         compress(model, sparsity, None, args.dtype, args.round_to)
         cost = action_cost(model)  # FLOPs: quantized kernels are invisible to torch's flop counter
@@ -91,10 +96,15 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
             compress(model, None, bits, args.dtype, low_bit=args.low_bit)
             cost = dataclasses.replace(cost, bytes_read=weight_bytes_read(model, cost.prompt_tokens,
                                                                           cost.prefill_tokens))
-        prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
-                       seed=args.seed, decode=args.decode).to_dict()
+        if key == "vla_cache":  # a stateful policy: consecutive frames, its own (dynamic) decode
+            policy = VLACachePolicy(model)
+            prof = profile(policy, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
+                           seed=args.seed, episode=moving_block_episode(args.seed)).to_dict()
+        else:
+            prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
+                           seed=args.seed, decode=args.decode).to_dict()
     finally:
-        del model
+        del model, policy
         release_memory()
     floor_ms = 1e3 * cost.floor_seconds(rates)
     return {"key": key, "method": label, "latency_ms": prof["latency_ms_median"],
@@ -103,7 +113,8 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
             "flops": cost.flops, "bytes_read": cost.bytes_read, "prefill_tokens": cost.prefill_tokens,
             "floor_ms": floor_ms, "floor_ms_bytes": 1e3 * cost.bytes_read / rates.bytes_per_second,
             "floor_ms_flops": 1e3 * cost.flops / rates.flops_per_second,
-            "latency_vs_floor": ratio(prof["latency_ms_median"], floor_ms)}
+            "latency_vs_floor": ratio(prof["latency_ms_median"], floor_ms),
+            **({"reused_fraction": prof["policy_info"]["reused_fraction"]} if prof.get("policy_info") else {})}
 
 
 def targets(rows: dict[str, dict]) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ from common import (
 )
 
 from vla_compress import PPOConfig, VLACachePolicy, recover
+from vla_compress.evaluation import format_success, success_summary
 from vla_compress.recovery.metrics import read_metrics
 
 
@@ -70,7 +71,8 @@ class Table3Preset(Preset):
 
 PRESETS: dict[str, Table3Preset] = {
     "smoke": Table3Preset(**SMOKE, rl_steps=8, minibatch_size=8),
-    "quick": Table3Preset(),
+    # SFT as #24's pruning-subject check: 6,000 steps at batch 32 on the base recipe's demos and DAgger data
+    "quick": Table3Preset(episodes=8, sft_steps=6000, sft_batch_size=32, sft_warmup=200),
     "paper": Table3Preset(**PAPER, rl_steps=600_000, minibatch_size=256),
 }
 
@@ -155,7 +157,8 @@ def row(key: str, method: str, measured: dict | None, note: str = "") -> dict:
         extra = {"inference_ms_p90": prof["latency_ms_p90"], "throughput_batch": prof["throughput_batch"],
                  "profile_batch_size": prof["batch_size"], "peak_memory_mb": prof["peak_memory_bytes"] / 1e6,
                  "peak_memory_kind": prof["peak_memory_kind"], "params": prof["params"],
-                 "mean_return": ev["mean_return"], "episodes_per_task": ev["episodes_per_task"]}
+                 "mean_return": ev["mean_return"], "episodes_per_task": ev["episodes_per_task"],
+                 "success": success_summary(ev["episodes"])}
     status = "ok" if measured is not None else "not reproduced"
     return {"key": key, "method": method, "status": status, "note": note, **values, **extra}
 
@@ -177,7 +180,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Table III on our suite (preset `{result['preset']}`, base `{result['model']}`)", "",
         machine_line(result), "",
-        (f"Success rates in % over {result['settings']['episodes']} episode(s) per task; memory = bytes of "
+        (f"Success rates in % over {result['settings']['episodes']} episode(s) per task, with the 95% Wilson "
+         "interval and (successes / episodes); memory = bytes of "
          "parameters and buffers (MB = 10^6 B); inference time = median latency of one `predict_action` at "
          "batch 1; throughput = actions/s at batch 1. (×r) = ratio to the dense row."), "",
         "| method | IND SR | OOD SR | memory (MB) | inference time (ms) | throughput (actions/s) |",
@@ -187,7 +191,8 @@ def markdown(result: dict) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['method']} | not reproduced | | | | |")
             continue
-        lines.append(f"| {r['method']} | {_cell(r, 'ind_sr', 1)} | {_cell(r, 'ood_sr', 1)} | "
+        ind, ood = (format_success(r["success"][k]["successes"], r["success"][k]["episodes"]) for k in ("ind", "ood"))
+        lines.append(f"| {r['method']} | {ind} | {ood} | "
                      f"{_cell(r, 'memory_mb', 2)} | {_cell(r, 'inference_ms', 1)} | {_cell(r, 'throughput', 1)} |")
     lines += ["", *[f"- {r['method']}: {r['note']}" for r in rows if r["note"]], "",
               "## The paper's Table III (OpenVLA-7B, ManiSkill3 PutOnPlateInScene25, RTX 5880 Ada)", "",

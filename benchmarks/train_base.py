@@ -62,7 +62,7 @@ from vla_compress.data.expert import ScriptedExpert
 from vla_compress.envs import make_env
 from vla_compress.envs.tasks import CAMERAS, COLOUR_NAMES, DEFAULT_CAMERA, TASKS_IND, TASKS_OOD, resolve_tasks
 from vla_compress.evaluation import GripperHysteresis, evaluate
-from vla_compress.evaluation.success import wilson_interval
+from vla_compress.evaluation.success import success_summary
 from vla_compress.loading import load_vla
 from vla_compress.modeling import build_model, preset_config
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
@@ -391,18 +391,6 @@ def record_layouts(directory: Path, tasks, per_task: int, num_envs: int, camera:
     return directory
 
 
-def success_summary(result: dict) -> dict:
-    """IND / OOD success with episode counts and 95% Wilson intervals."""
-    summary = {}
-    for split, tasks in (("ind", TASKS_IND), ("ood", TASKS_OOD)):
-        episodes = [e for e in result["episodes"] if e["task"] in tasks]
-        wins = sum(e["success"] for e in episodes)
-        low, high = wilson_interval(wins, len(episodes))
-        summary[split] = {"successes": wins, "episodes": len(episodes), "rate": wins / max(len(episodes), 1),
-                          "wilson95": [low, high]}
-    return summary
-
-
 def eval_table(result: dict) -> str:
     lines = ["| task | split | success |", "|---|---|---|"]
     for task, rate in sorted(result["success_rate"].items(), key=lambda kv: (kv[0] not in TASKS_IND, kv[0])):
@@ -485,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
                  num_envs=args.num_envs, seed=EVAL_SEED, output=eval_path, camera=args.camera)
         clock.record("eval", time.perf_counter() - began)
     result = json.loads(eval_path.read_text())
-    success = success_summary(result)
+    success = success_summary(result["episodes"])
     final = out / "final"
     model.to(torch.float16).save_pretrained(final)
     save_file(heads.state_dict(), str(final / HEADS_FILE))

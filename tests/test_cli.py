@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import vla_compress.recovery
 from vla_compress import load_vla
 from vla_compress.cli import app
+from vla_compress.data import DemoDataset
 
 runner = CliRunner()
 COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos", "rlrc"]
@@ -190,6 +191,26 @@ def test_recover_builds_configs_from_yaml_and_flags(tmp_path, monkeypatch):
     assert (seen["rl"].total_env_steps, seen["rl"].num_envs, seen["rl"].tasks) == (1000, 2, "ood")
     assert seen["rl"].output_dir == out / "runs" / "ppo"
     assert (out / "config.json").is_file()
+
+
+def test_recover_trains_on_several_sft_data_directories(tmp_path, monkeypatch):
+    from vla_compress.data import compute_norm_stats
+
+    demos, dagger = write_demos(tmp_path / "demos", episodes=2), write_demos(tmp_path / "dagger", episodes=3)
+    (demos / "norm_stats.json").write_text(json.dumps(compute_norm_stats(demos)))
+    seen = {}
+    monkeypatch.setattr(
+        vla_compress.recovery, "recover", lambda model, sft=None, rl=None: seen.update(sft=sft) or model, raising=False
+    )
+    args = ["recover", "tiny", "--sft-data", str(demos), "--sft-data", str(dagger), "-o", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = seen["sft"].data
+    assert (len(data), data.num_episodes) == (15, 5)  # 2 + 3 episodes of 3 steps, demos first
+    assert data[0]["action"].tolist() == DemoDataset(demos)[0]["action"].tolist()
+    assert data[14]["action"].tolist() == DemoDataset(dagger)[8]["action"].tolist()
+    # the actions are tokenised with the demos' statistics (the base's), not those of the union
+    assert data.norm_stats == compute_norm_stats(demos) != compute_norm_stats([demos, dagger])
 
 
 def test_recover_runs_a_short_sft(tmp_path):

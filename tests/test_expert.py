@@ -170,6 +170,19 @@ def test_collect_dagger_rejects_bad_input_before_any_work(tmp_path, kwargs, name
     assert not (tmp_path / "d").exists()
 
 
+def test_success_summary_counts_each_split_with_wilson_intervals():
+    from vla_compress.envs import TASKS_IND, TASKS_OOD
+    from vla_compress.evaluation import format_success, success_summary
+
+    episodes = [{"task": TASKS_IND[0], "success": True}, {"task": TASKS_IND[1], "success": False},
+                {"task": TASKS_OOD[0], "success": False}, {"task": "libero_task_0", "success": True}]
+    summary = success_summary(episodes)
+    assert (summary["ind"]["successes"], summary["ind"]["episodes"]) == (2, 3)  # LIBERO tasks count as IND
+    assert (summary["ood"]["successes"], summary["ood"]["episodes"], summary["ood"]["rate"]) == (0, 1, 0.0)
+    assert summary["ind"]["wilson95"] == pytest.approx([0.2077, 0.9385], abs=1e-4)
+    assert format_success(296, 320) == "92.5 [89.1, 94.9] (296/320)" and format_success(0, 0) == "—"
+
+
 def test_wilson_interval_matches_hand_values_and_rejects_bad_counts():
     from vla_compress.evaluation.success import wilson_interval
 

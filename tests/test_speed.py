@@ -75,7 +75,8 @@ def test_measure_rates_are_positive_and_checked():
 
 def test_speed_benchmark_reports_floors_and_targets(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--models", "tiny", "--rows", "dense", "rlrc",
-               "rlrc_4bit", "--iters", "1", "--warmup", "0", "--batch-size", "2", "--output-dir", str(tmp_path)]
+               "rlrc_4bit", "vla_cache", "--iters", "1", "--warmup", "0", "--batch-size", "2",
+               "--output-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -87,6 +88,7 @@ def test_speed_benchmark_reports_floors_and_targets(tmp_path):
         assert r["floor_ms"] == pytest.approx(r["floor_ms_bytes"] + r["floor_ms_flops"])
         assert r["latency_vs_floor"] == pytest.approx(r["latency_ms"] / r["floor_ms"])
     assert rows["rlrc_4bit"]["flops"] == rows["rlrc"]["flops"]  # same shapes, counted before quantizing
+    assert rows["vla_cache"]["flops"] == rows["dense"]["flops"] and 0 <= rows["vla_cache"]["reused_fraction"] <= 1
     assert rows["rlrc_4bit"]["bytes_read"] < rows["rlrc"]["bytes_read"] < rows["dense"]["bytes_read"]
     targets = {t["target"]: t for t in result["models"][0]["targets"]}
     assert len(targets) == 4 and all(t["met"] in (True, False) for t in targets.values())

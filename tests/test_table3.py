@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -78,8 +79,10 @@ def test_table3_smoke(tmp_path):
     assert "recorded demo episode" in vla_cache["note"]  # profiled on consecutive demo frames
     assert {"platform", "cpu_count", "torch_threads", "date"} <= set(table["machine"])
     assert set(table["stages"]) == {"dense", "pruned 90%", "+SFT", "+PPO"}
+    assert [dense["success"][split]["episodes"] for split in ("ind", "ood")] == [1, 1]  # 1 episode of 1 task each
     markdown = (out / "table3.md").read_text()
     assert "RLRC-4bit" in markdown and "paper's Table III" in markdown and "89.06" in markdown
+    assert re.search(r"\| (0\.0 \[0\.0, 79\.3\] \(0/1\)|100\.0 \[20\.7, 100\.0\] \(1/1\)) \|", markdown)  # Wilson
     for figure in ("fig9_stages.png", "fig8_curves.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -295,7 +295,11 @@ def recover(
             help="YAML with `sft:` (SFTConfig fields) and `rl:` (PPOConfig fields); flags override it."
         ),
     ] = None,
-    sft_data: Annotated[Path | None, typer.Option(help="Demo directory; enables the SFT stage.")] = None,
+    sft_data: Annotated[
+        list[Path] | None,
+        typer.Option(help="Demo directory; enables the SFT stage. Repeat it to train on several (the demos and "
+                     "DAgger rounds of a base's recipe); the first one's norm stats are used."),
+    ] = None,
     sft_steps: Annotated[int | None, typer.Option(help="SFT optimizer steps (default 10000).")] = None,
     sft_batch_size: Annotated[int | None, typer.Option(help="SFT batch size (default 32).")] = None,
     sft_lr: Annotated[float | None, typer.Option(help="SFT peak learning rate (default 2e-4).")] = None,
@@ -315,6 +319,7 @@ def recover(
     \b
     Example:
         vla-compress recover p90 --sft-data demos --sft-steps 1000 -o p90-sft
+        vla-compress recover p90 --sft-data demos --sft-data dagger_1 --sft-steps 6000 -o p90-sft
         vla-compress recover p90 --config recover.yaml -o p90-rec
     \b
     recover.yaml:
@@ -327,7 +332,8 @@ def recover(
         check_device(device)
         check_output_dir(output)
         sft_flags = given(
-            data=sft_data, steps=sft_steps, batch_size=sft_batch_size, learning_rate=sft_lr, lora_rank=lora_rank
+            data=sft_data or None, steps=sft_steps, batch_size=sft_batch_size, learning_rate=sft_lr,
+            lora_rank=lora_rank,
         )
         rl_flags = given(
             total_env_steps=rl_steps, num_envs=rl_num_envs, tasks=parse_tasks(rl_tasks) if rl_tasks else None

@@ -39,7 +39,7 @@ import torch
 from vla_compress.data.demos import atomic_write_json
 from vla_compress.deps import installed
 from vla_compress.envs.tasks import TASKS_IND, TASKS_OOD, resolve_tasks
-from vla_compress.evaluation import evaluate, profile, wilson_interval
+from vla_compress.evaluation import evaluate, format_success, profile, success_summary, wilson_interval
 from vla_compress.recovery.validation import require_int
 
 BITS = (4, 8, 16)  # 16: no quantization
@@ -318,11 +318,7 @@ class RLRCReport:
 
 
 def _success(stage: StageResult, split: str) -> str:
-    successes, episodes = stage._counts(split)
-    if not episodes:
-        return "—"
-    low, high = stage.interval(split)
-    return f"{100 * successes / episodes:.1f} [{100 * low:.1f}, {100 * high:.1f}] ({successes}/{episodes})"
+    return format_success(*stage._counts(split))
 
 
 def _times(value: float, dense: float) -> str:
@@ -489,12 +485,11 @@ def _measure(config: RLRCConfig, stage: str, label: str, path: str | None, model
     prof = profile(model, batch_size=config.profile_batch, iters=config.profile_iters, seed=config.seed,
                    image_size=EVAL_IMAGE_SIZE)
     seconds["profile"] = time.perf_counter() - clock
-    counts = {split: [e["success"] for e in result.episodes if e["task"] in tasks]
-              for split, tasks in (("ind", TASKS_IND), ("ood", TASKS_OOD))}
+    counts = success_summary(result.episodes)
     return StageResult(
         name=stage, label=label, path=path,
-        ind_successes=int(sum(counts["ind"])), ind_episodes=len(counts["ind"]),
-        ood_successes=int(sum(counts["ood"])), ood_episodes=len(counts["ood"]),
+        ind_successes=counts["ind"]["successes"], ind_episodes=counts["ind"]["episodes"],
+        ood_successes=counts["ood"]["successes"], ood_episodes=counts["ood"]["episodes"],
         params=prof.params, model_bytes=prof.model_bytes, latency_ms=prof.latency_ms_median,
         actions_per_s=prof.throughput_batch, profile_batch=prof.batch_size, seconds=seconds,
         evaluation=result.to_dict(), profile=prof.to_dict())

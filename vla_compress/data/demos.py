@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,10 +232,21 @@ def _task_files(path: Path) -> list[Path]:
     return files
 
 
-def compute_norm_stats(path: str | Path, dataset_name: str = DATASET_NAME) -> dict[str, Any]:
-    """OpenVLA-style norm stats over every episode in a dataset directory or file."""
+def _files_of(paths: list[Path]) -> list[Path]:
+    return [file for path in paths for file in _task_files(path)]
+
+
+def _as_paths(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    if not paths:
+        raise ValueError("dataset path: give at least one directory or file")
+    return paths
+
+
+def compute_norm_stats(path: str | Path | Sequence[str | Path], dataset_name: str = DATASET_NAME) -> dict[str, Any]:
+    """OpenVLA-style norm stats over every episode in one or more dataset directories or files."""
     actions, proprio = [], []
-    for file in _task_files(Path(path)):
+    for file in _files_of(_as_paths(path)):
         with h5py.File(file, "r") as f:
             for group in f.values():
                 actions.append(group["actions"][()])
@@ -251,7 +262,8 @@ def compute_norm_stats(path: str | Path, dataset_name: str = DATASET_NAME) -> di
 
 
 class DemoDataset:
-    """Map-style dataset over every step of every episode in a demo directory (or one task file).
+    """Map-style dataset over every step of every episode in a demo directory (or one task file), or in
+    several of them in order (for example the demos and the DAgger rounds of a base policy's recipe).
 
     Items are ``{"image": uint8 [H,W,3], "instruction": str, "action": float32 [7], "task": str,
     "episode": str}`` (the episode's group name within its task file), plus ``"state"`` float32
@@ -259,9 +271,10 @@ class DemoDataset:
     Files are opened lazily per process, so it works with ``torch.utils.data.DataLoader`` workers.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._files = _task_files(self.path)
+    def __init__(self, path: str | Path | Sequence[str | Path]):
+        self.paths = _as_paths(path)
+        self.path = self.paths[0]
+        self._files = _files_of(self.paths)
         self._index: list[tuple[int, str, int]] = []
         self._meta: dict[tuple[int, str], tuple[str, str]] = {}
         for fi, file in enumerate(self._files):
@@ -270,7 +283,7 @@ class DemoDataset:
                     self._meta[fi, name] = (str(group.attrs["task"]), str(group.attrs["instruction"]))
                     self._index += [(fi, name, t) for t in range(group["actions"].shape[0])]
         if not self._index:
-            raise ValueError(f"dataset {str(self.path)!r} has no episodes")
+            raise ValueError(f"dataset {', '.join(map(str, self.paths))!r} has no episodes")
         self._h5 = ProcessLocalFiles(self._files)
 
     def __len__(self) -> int:
@@ -295,8 +308,9 @@ class DemoDataset:
 
     @property
     def norm_stats(self) -> dict[str, Any]:
-        """``norm_stats.json`` beside the data when present, else computed from the episodes."""
+        """``norm_stats.json`` beside the first path's data when present (a policy trained on several
+        directories tokenises every action with the demos' statistics), else computed from all episodes."""
         stats_file = (self.path if self.path.is_dir() else self.path.parent) / "norm_stats.json"
         if stats_file.exists():
             return json.loads(stats_file.read_text())
-        return compute_norm_stats(self.path)
+        return compute_norm_stats(self.paths)

@@ -2,6 +2,14 @@
 
 from vla_compress.evaluation.gripper_hysteresis import GripperHysteresis
 from vla_compress.evaluation.profile import ProfileResult, profile
-from vla_compress.evaluation.success import EvalResult, RandomPolicy, evaluate, wilson_interval
+from vla_compress.evaluation.success import (
+    EvalResult,
+    RandomPolicy,
+    evaluate,
+    format_success,
+    success_summary,
+    wilson_interval,
+)
 
-__all__ = ["EvalResult", "GripperHysteresis", "ProfileResult", "RandomPolicy", "evaluate", "profile", "wilson_interval"]
+__all__ = ["EvalResult", "GripperHysteresis", "ProfileResult", "RandomPolicy", "evaluate", "format_success", "profile",
+           "success_summary", "wilson_interval"]

@@ -66,6 +66,27 @@ def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[flo
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def success_summary(episodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """IND / OOD ``successes``, ``episodes``, ``rate`` and 95% Wilson interval (``wilson95``) of an
+    evaluation's episode records (``EvalResult.episodes``); tasks outside the OOD split count as IND, as
+    ``evaluate`` counts a LIBERO suite's."""
+    summary = {}
+    for split, in_split in (("ind", lambda task: task not in TASKS_OOD), ("ood", lambda task: task in TASKS_OOD)):
+        chosen = [e for e in episodes if in_split(e["task"])]
+        wins = int(sum(bool(e["success"]) for e in chosen))
+        summary[split] = {"successes": wins, "episodes": len(chosen), "rate": wins / len(chosen) if chosen else None,
+                          "wilson95": list(wilson_interval(wins, len(chosen)))}
+    return summary
+
+
+def format_success(successes: int, episodes: int) -> str:
+    """A success rate as ``"92.5 [89.1, 94.9] (296/320)"``: % with its 95% Wilson interval and the counts."""
+    if not episodes:
+        return "—"
+    low, high = wilson_interval(successes, episodes)
+    return f"{100 * successes / episodes:.1f} [{100 * low:.1f}, {100 * high:.1f}] ({successes}/{episodes})"
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
