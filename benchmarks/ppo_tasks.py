@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -32,8 +33,8 @@ from common import parse_checked, pyplot, save_figure
 from report import write_json
 
 from vla_compress import PPOConfig, load_vla, recover
-from vla_compress.envs import REWARD_MODES, SIM_BACKENDS
-from vla_compress.evaluation import evaluate
+from vla_compress.envs import REWARD_MODES, SIM_BACKENDS, resolve_tasks
+from vla_compress.evaluation import evaluate, success_summary, two_proportion_test
 from vla_compress.recovery.advantages import ADVANTAGE_ESTIMATORS
 from vla_compress.recovery.env_runner import default_env_factory
 from vla_compress.recovery.metrics import read_metrics
@@ -48,7 +49,13 @@ EPISODE_STEPS = 60
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="policy to improve: a preset or a saved directory")
-    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--tasks", nargs="+", default=TASKS, help="PPO's tasks: ids, or one of ind, ood, all")
+    parser.add_argument("--eval-tasks", nargs="+", default=None,
+                        help="greedy evaluation's tasks before and after (default: --tasks), e.g. all")
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="every N updates a greedy evaluation of --curve-episodes per eval task, at "
+                             "--eval-seed + 1, logged as eval/... (the success-vs-env-steps curve); 0 = none")
+    parser.add_argument("--curve-episodes", type=int, default=1, help="episodes per task of each curve point")
     parser.add_argument("--env-steps", type=int, default=2400, help="PPO env steps, all envs together")
     parser.add_argument("--temperature", type=float, default=0.5, help="rollout sampling temperature")
     parser.add_argument("--episodes", type=int, default=6, help="greedy evaluation episodes per task")
@@ -76,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
-    args = parse_checked(parser, argv, ("env_steps", "episodes", "num_envs", "rollout_episodes", "minibatch_size",
+    args = parse_checked(parser, argv, ("env_steps", "episodes", "curve_episodes", "num_envs", "rollout_episodes",
+                                        "minibatch_size",
                                         "update_epochs", "group_size"))
     if args.target_kl is not None and args.target_kl <= 0:
         parser.error(f"--target-kl must be > 0, got {args.target_kl}")
@@ -85,8 +93,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
     if args.first_grasp_bonus < 0:
         parser.error(f"--first-grasp-bonus must be >= 0, got {args.first_grasp_bonus}")
-    if args.critic_warmup < 0:
-        parser.error(f"--critic-warmup must be >= 0, got {args.critic_warmup}")
+    for name in ("critic_warmup", "curve_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    try:
+        args.tasks = resolve_tasks(args.tasks[0] if len(args.tasks) == 1 else args.tasks)
+        args.eval_tasks = resolve_tasks(args.eval_tasks[0] if len(args.eval_tasks or []) == 1 else
+                                        args.eval_tasks or args.tasks)
+    except ValueError as error:
+        parser.error(f"--tasks / --eval-tasks: {error}")
     return args
 
 
@@ -122,11 +137,31 @@ def with_first_grasp_bonus(factory, bonus: float):
 
 
 def greedy_success(model, args: argparse.Namespace) -> dict:
+    """Greedy success on --eval-tasks: per split with Wilson intervals (`success_summary`), and per task."""
     start = time.time()
-    result = evaluate(model, tasks=args.tasks, episodes_per_task=args.episodes, num_envs=2, seed=args.eval_seed,
-                      max_episode_steps=EPISODE_STEPS, progress=False)
-    return {"success_rate": result.ind_success_rate, "mean_return": result.mean_return,
+    result = evaluate(model, tasks=args.eval_tasks, episodes_per_task=args.episodes, num_envs=2,
+                      seed=args.eval_seed, max_episode_steps=EPISODE_STEPS, progress=False)
+    return {"success_rate": result.ind_success_rate, "ood_success_rate": result.ood_success_rate,
+            "splits": success_summary(result.episodes), "mean_return": result.mean_return,
             "per_task": result.success_rate, "seconds": time.time() - start}
+
+
+def compare(before: dict, after: dict) -> dict:
+    """Per split: the change in points and the two-proportion test of after against before."""
+    out = {}
+    for split, a in before["splits"].items():
+        b = after["splits"][split]
+        if a["episodes"] and b["episodes"]:
+            z, p = two_proportion_test(a["successes"], a["episodes"], b["successes"], b["episodes"])
+            out[split] = {"points": 100 * (b["rate"] - a["rate"]), "z": z, "p": p}
+    return out
+
+
+def curve_eval(args: argparse.Namespace):
+    """PPOConfig.eval_fn of the success curve: greedy, --curve-episodes per eval task, at --eval-seed + 1 (so the
+    final evaluation's episodes are never looked at during training)."""
+    return partial(evaluate, tasks=args.eval_tasks, episodes_per_task=args.curve_episodes, num_envs=2,
+                   seed=args.eval_seed + 1, max_episode_steps=EPISODE_STEPS, progress=False)
 
 
 def shuffled_advantages(estimator: str, seed: int = 0):
@@ -168,9 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     model = load_vla(args.model)
     before_file = args.output_dir / "before.json"  # cached: a resumed run does not evaluate again
-    evaluated = {"model": args.model, "tasks": args.tasks, "episodes": args.episodes, "eval_seed": args.eval_seed}
+    evaluated = {"model": args.model, "tasks": args.eval_tasks, "episodes": args.episodes, "eval_seed": args.eval_seed}
     cached = json.loads(before_file.read_text()) if before_file.exists() else {}
-    before = cached if cached.get("evaluated") == evaluated else {**greedy_success(model, args), "evaluated": evaluated}
+    reusable = cached.get("evaluated") == evaluated and "splits" in cached  # older files lack the splits
+    before = cached if reusable else {**greedy_success(model, args), "evaluated": evaluated}
     write_json(before_file, before)
     print("before", json.dumps(before), flush=True)
     start = time.time()
@@ -183,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         critic_trains_backbone=not args.critic_off_backbone, reward_mode=args.reward_mode,
         target_kl=args.target_kl, group_size=args.group_size,
         advantage=shuffled_advantages(args.advantage) if args.shuffle_advantages else args.advantage,
-        sim_backend=args.sim_backend)
+        sim_backend=args.sim_backend, eval_every=args.curve_every,
+        eval_fn=curve_eval(args) if args.curve_every else None)
     if args.first_grasp_bonus:
         config.env_factory = with_first_grasp_bonus(default_env_factory(config, int(model.config.image_sizes[0])),
                                                     args.first_grasp_bonus)
@@ -192,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     after = greedy_success(model, args)
     print("after", json.dumps(after), flush=True)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "ppo_seconds": ppo_seconds, "before": before, "after": after}
+              "ppo_seconds": ppo_seconds, "before": before, "after": after, "change": compare(before, after)}
+    print("change", json.dumps(result["change"]), flush=True)
     write_json(args.output_dir / "result.json", result)
     plot_rollouts(args.output_dir / "ppo", args.output_dir / "ppo_rollouts.png")
     return result

@@ -183,6 +183,19 @@ def test_success_summary_counts_each_split_with_wilson_intervals():
     assert format_success(296, 320) == "92.5 [89.1, 94.9] (296/320)" and format_success(0, 0) == "—"
 
 
+def test_two_proportion_test_matches_hand_values_and_rejects_bad_counts():
+    from vla_compress.evaluation import two_proportion_test
+
+    # 40/100 -> 60/100: pooled 0.5, spread sqrt(0.25 * 0.02) = 0.0707, z = 2.828, p = 0.00468
+    assert two_proportion_test(40, 100, 60, 100) == pytest.approx((2.8284, 0.004678), abs=1e-4)
+    z, p = two_proportion_test(60, 100, 40, 100)
+    assert z == pytest.approx(-2.8284, abs=1e-4) and p == pytest.approx(0.004678, abs=1e-5)
+    assert two_proportion_test(0, 10, 0, 20) == (0.0, 1.0)
+    for bad in [(1, 0, 1, 1), (3, 2, 1, 1), (1, 1, -1, 1)]:
+        with pytest.raises(ValueError, match="successes_"):
+            two_proportion_test(*bad)
+
+
 def test_wilson_interval_matches_hand_values_and_rejects_bad_counts():
     from vla_compress.evaluation.success import wilson_interval
 

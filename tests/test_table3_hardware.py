@@ -64,6 +64,8 @@ def test_table3_hardware_rejects_bad_flags(tmp_path):
     ("--critic-warmup", "-1", "--critic-warmup must be >= 0"),
     ("--first-grasp-bonus", "-1", "--first-grasp-bonus must be >= 0"),
     ("--group-size", "0", "--group-size must be >= 1"),
+    ("--curve-every", "-1", "--curve-every must be >= 0"),
+    ("--eval-tasks", "green_cube_on_pink_plate", "--tasks / --eval-tasks:"),
 ])
 def test_ppo_tasks_rejects_bad_flags(flag, value, message):
     command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", flag, value]
@@ -114,3 +116,27 @@ def test_ppo_tasks_first_grasp_bonus_pays_once_per_episode(monkeypatch):
         envs.reset(seed=0)
         rewards = [envs.step(np.zeros((2, 7)))[1] for _ in range(6)]
         assert np.array_equal(np.stack(rewards)[:, 0], [0.0, 0.5, 0.0, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_ppo_tasks_trains_on_one_split_and_compares_both_with_a_curve(tmp_path):
+    pytest.importorskip("mani_skill")
+    from vla_compress.envs import TASKS_IND, TASKS_OOD
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "ppo_tasks.py"), "--model", "tiny", "--tasks", TASKS_IND[0],
+               "--eval-tasks", TASKS_IND[0], TASKS_OOD[0], "--episodes", "1", "--env-steps", "120",
+               "--curve-every", "1", "--output-dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    for stage in ("before", "after"):
+        splits = result[stage]["splits"]
+        assert [splits[s]["episodes"] for s in ("ind", "ood")] == [1, 1] and set(result[stage]["per_task"]) == {
+            TASKS_IND[0], TASKS_OOD[0]}
+        assert 0 <= splits["ind"]["wilson95"][0] <= splits["ind"]["wilson95"][1] <= 1
+    assert set(result["change"]) == {"ind", "ood"} and all(0 <= c["p"] <= 1 for c in result["change"].values())
+    metrics = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    curve = [m for m in metrics if "eval/ood_success_rate" in m]  # the one update's greedy point, both splits
+    assert len(curve) == 1 and "eval/ind_success_rate" in curve[0]

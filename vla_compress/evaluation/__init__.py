@@ -8,8 +8,9 @@ from vla_compress.evaluation.success import (
     evaluate,
     format_success,
     success_summary,
+    two_proportion_test,
     wilson_interval,
 )
 
 __all__ = ["EvalResult", "GripperHysteresis", "ProfileResult", "RandomPolicy", "evaluate", "format_success", "profile",
-           "success_summary", "wilson_interval"]
+           "success_summary", "two_proportion_test", "wilson_interval"]

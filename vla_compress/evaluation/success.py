@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,23 @@ def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[flo
     centre = (p + z * z / (2 * episodes)) / (1 + z * z / episodes)
     half = z * np.sqrt(p * (1 - p) / episodes + z * z / (4 * episodes**2)) / (1 + z * z / episodes)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def two_proportion_test(successes_a: int, episodes_a: int, successes_b: int, episodes_b: int
+                        ) -> tuple[float, float]:
+    """(z, two-sided p) of the pooled two-proportion z-test that rate b differs from rate a; z > 0 when b is
+    higher. Written out (a normal tail by `math.erfc`) to keep scipy / statsmodels out of the dependencies."""
+    for name, wins, total in (("a", successes_a, episodes_a), ("b", successes_b, episodes_b)):
+        if total < 1 or not 0 <= wins <= total:
+            raise ValueError(f"successes_{name} must be in [0, episodes_{name}] and episodes_{name} >= 1, "
+                             f"got {wins} of {total}")
+    pooled = (successes_a + successes_b) / (episodes_a + episodes_b)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / episodes_a + 1 / episodes_b))
+    difference = successes_b / episodes_b - successes_a / episodes_a
+    if spread == 0:  # both rates 0 or both 1
+        return 0.0, 1.0
+    z = difference / spread
+    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 def success_summary(episodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
