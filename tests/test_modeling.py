@@ -102,6 +102,9 @@ def test_save_pretrained_round_trip_identical_actions(tiny_model, images, instru
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
     reloaded = load_vla(tmp_path)
     np.testing.assert_array_equal(reloaded.predict_action(images, instructions), before)
+    reloaded.save_pretrained(tmp_path / "again")  # a copy loaded from a directory saves no loading options
+    assert not {"is_local", "local_files_only"} & set(json.loads((tmp_path / "again" / "tokenizer_config.json")
+                                                                  .read_text()))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

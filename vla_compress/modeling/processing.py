@@ -25,6 +25,9 @@ from .text_tokenizer import SPACE_TOKEN
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
+# from_pretrained options transformers records in a loaded tokenizer's config; dropped when saving
+TOKENIZER_LOAD_OPTIONS = ("is_local", "local_files_only")
+
 
 def prompt_for(instruction: str) -> str:
     """OpenVLA's prompt for one instruction."""
@@ -247,6 +250,8 @@ class OpenVLAProcessor:
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        for option in TOKENIZER_LOAD_OPTIONS:  # how this copy was loaded, not what the tokenizer is
+            self.tokenizer.init_kwargs.pop(option, None)
         self.tokenizer.save_pretrained(directory)
         config = {
             "processor_class": "OpenVLAProcessor",
