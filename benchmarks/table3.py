@@ -6,16 +6,17 @@ Taylor + SFT + PPO); RLRC-4bit (RLRC + NF4). Every row is evaluated on the IND a
 the same way (`vla_compress.evaluation.profile`); VLA-Cache, whose speed depends on consecutive frames,
 is profiled on the first recorded demo episode instead of random frames (said in its note).
 
-    python benchmarks/table3.py --demos DEMOS                              # quick (default), 22 min on 2 CPU cores
+    python benchmarks/table3.py --demos DEMOS [DAGGER ...]                 # quick (default), 113 min on 2 CPU cores
     python benchmarks/table3.py --preset smoke --output-dir /tmp/t3       # CI: seconds per stage, numbers meaningless
     python benchmarks/table3.py --preset paper --device cuda --dtype bfloat16 --model openvla/openvla-7b
 
 Presets (override any with the flags):
 - smoke: 3 SFT steps, one PPO update of one 8-step episode, 1 episode of 2 tasks (1 IND, 1 OOD) of 8
   steps per evaluation; falls back to the random "tiny" model when "tiny-maniskill" is not installed.
-- quick: from the shipped "tiny-maniskill" base; SFT 1500 steps at batch 8, PPO 1200 env steps (10 updates
-  of 2 envs x one 60-step episode), 2 episodes per task on all 25 tasks. Measured on a 2-core x86_64 CPU
-  (2026-11-26, docs/benchmarks.md): 22 min in all; each evaluation 2.2-5 min, SFT 164 s, PPO 80 s.
+- quick: from the shipped "tiny-maniskill" base; SFT 6000 steps at batch 32 (lr 5e-4) on `--demos` (for the
+  shipped base: its recipe's demos and DAgger directories), PPO 1200 env steps (10 updates of 2 envs x one
+  60-step episode), 8 episodes per task on all 25 tasks. Measured on a 2-core x86_64 CPU (2026-12-03,
+  docs/benchmarks.md): 113 min in all; each evaluation 8-12 min, SFT 31 min, PPO 105 s.
 - paper: RLRC's settings: SFT 10k steps, PPO 0.6M env steps with 64 envs x 80-step episodes, 8 episodes
   per task; meant for a GPU and a real OpenVLA checkpoint.
 
