@@ -84,8 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
     args = parse_checked(parser, argv, ("env_steps", "episodes", "curve_episodes", "num_envs", "rollout_episodes",
-                                        "minibatch_size",
-                                        "update_epochs", "group_size"))
+                                        "minibatch_size", "update_epochs", "group_size"))
     if args.target_kl is not None and args.target_kl <= 0:
         parser.error(f"--target-kl must be > 0, got {args.target_kl}")
     for name in ("temperature", "lr"):
@@ -96,10 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("critic_warmup", "curve_every"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    try:
+    try:  # one value may name a split ("ind"), which resolve_tasks expands only as a string
         args.tasks = resolve_tasks(args.tasks[0] if len(args.tasks) == 1 else args.tasks)
-        args.eval_tasks = resolve_tasks(args.eval_tasks[0] if len(args.eval_tasks or []) == 1 else
-                                        args.eval_tasks or args.tasks)
+        args.eval_tasks = args.tasks if args.eval_tasks is None else resolve_tasks(
+            args.eval_tasks[0] if len(args.eval_tasks) == 1 else args.eval_tasks)
     except ValueError as error:
         parser.error(f"--tasks / --eval-tasks: {error}")
     return args

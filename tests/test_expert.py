@@ -181,6 +181,8 @@ def test_success_summary_counts_each_split_with_wilson_intervals():
     assert (summary["ood"]["successes"], summary["ood"]["episodes"], summary["ood"]["rate"]) == (0, 1, 0.0)
     assert summary["ind"]["wilson95"] == pytest.approx([0.2077, 0.9385], abs=1e-4)
     assert format_success(296, 320) == "92.5 [89.1, 94.9] (296/320)" and format_success(0, 0) == "—"
+    with pytest.raises(ValueError, match="successes must be in"):
+        format_success(5, 3)
 
 
 def test_two_proportion_test_matches_hand_values_and_rejects_bad_counts():

@@ -192,6 +192,10 @@ def test_demo_dataset_errors(tmp_path):
         DemoDataset(tmp_path / "missing")
     with pytest.raises(ValueError, match="no .hdf5"):
         DemoDataset(tmp_path)
+    with pytest.raises(ValueError, match="at least one directory"):
+        DemoDataset([])
+    with pytest.raises(ValueError, match="missing.*does not exist"):  # a list's paths are checked as one path is
+        DemoDataset([tmp_path / "missing"])
 
 
 def test_evaluate_random_policy(tmp_path):
