@@ -14,7 +14,8 @@ then the same greedy evaluation (same tasks, same seeded episodes) again.
     python benchmarks/ppo_tasks.py --model tiny-maniskill --env-steps 120 --episodes 1   # quick look
 
 Writes `before.json` (cached, so an interrupted run resumes without evaluating again), `result.json`
-(settings, before, after), `ppo_rollouts.png` and the PPO run (checkpoints every update, metrics.jsonl)
+(settings, before, after, change), `ppo_rollouts.png`, `ppo_curve.png` (greedy success against env steps) and
+the PPO run (checkpoints every update, metrics.jsonl)
 in --output-dir.
 """
 
@@ -197,6 +198,32 @@ def plot_rollouts(run_dir: Path, path: Path, window: int = 10) -> None:
     save_figure(fig, path)
 
 
+def plot_greedy_curve(run_dir: Path, before: dict, after: dict, env_steps: int, path: Path) -> None:
+    """Fig. 8's right half: greedy IND / OOD success against PPO env steps. Lines: the curve points logged
+    during the run (--curve-episodes at --eval-seed + 1); markers: the before / after evaluations
+    (--episodes at --eval-seed) at 0 and at the last env step, with their 95% Wilson intervals."""
+    rows = read_metrics(run_dir)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for split, color in (("ind", "tab:blue"), ("ood", "tab:orange")):
+        points = [(r["step"], r[f"eval/{split}_success_rate"]) for r in rows if f"eval/{split}_success_rate" in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", color=color, label=f"{split.upper()} (curve)")
+        ends = [(0, before["splits"].get(split)), (env_steps, after["splits"].get(split))]
+        ends = [(x, s) for x, s in ends if s and s["episodes"]]
+        if ends:
+            rates = np.array([s["rate"] for _, s in ends])
+            low, high = (np.array([s["wilson95"][i] for _, s in ends]) for i in (0, 1))
+            ax.errorbar([x for x, _ in ends], rates, yerr=[rates - low, high - rates], fmt="s", color=color,
+                        capsize=3, label=f"{split.upper()} before / after")
+    ax.set_xlabel("PPO env steps")
+    ax.set_ylabel("greedy success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("Greedy success during PPO (cf. paper Fig. 8)")
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -232,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("change", json.dumps(result["change"]), flush=True)
     write_json(args.output_dir / "result.json", result)
     plot_rollouts(args.output_dir / "ppo", args.output_dir / "ppo_rollouts.png")
+    plot_greedy_curve(args.output_dir / "ppo", before, after, args.env_steps, args.output_dir / "ppo_curve.png")
     return result
 
 

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 from report import fmt, machine, machine_line, ratio, report_main, table, versions, write_report
-from table3_hardware import compress, moving_block_episode, release_memory
+from table3_hardware import compress, profile_row, release_memory
 
-from vla_compress import VLACachePolicy, load_vla
-from vla_compress.evaluation import profile
+from vla_compress import load_vla
 from vla_compress.evaluation.roofline import action_cost, measure_rates, weight_bytes_read
 from vla_compress.modeling.modeling_openvla import DECODE_PATHS
 
@@ -88,7 +87,6 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
     """Build, compress and profile one row; its floor from the FLOPs of its (unquantized) shapes."""
     label, sparsity, bits = ROWS[key]
     model = load_vla(name, device=args.device, dtype=args.dtype, seed=args.seed)
-    policy = None
     try:
         compress(model, sparsity, None, args.dtype, args.round_to)
         cost = action_cost(model)  # FLOPs: quantized kernels are invisible to torch's flop counter
@@ -96,15 +94,9 @@ def measure_row(name: str, key: str, args: argparse.Namespace, rates) -> dict[st
             compress(model, None, bits, args.dtype, low_bit=args.low_bit)
             cost = dataclasses.replace(cost, bytes_read=weight_bytes_read(model, cost.prompt_tokens,
                                                                           cost.prefill_tokens))
-        if key == "vla_cache":  # a stateful policy: consecutive frames, its own (dynamic) decode
-            policy = VLACachePolicy(model)
-            prof = profile(policy, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
-                           seed=args.seed, episode=moving_block_episode(args.seed)).to_dict()
-        else:
-            prof = profile(model, batch_size=args.batch_size, warmup=args.warmup, iters=args.iters,
-                           seed=args.seed, decode=args.decode).to_dict()
+        prof = profile_row(model, key, args, decode=args.decode)
     finally:
-        del model, policy
+        del model
         release_memory()
     floor_ms = 1e3 * cost.floor_seconds(rates)
     return {"key": key, "method": label, "latency_ms": prof["latency_ms_median"],

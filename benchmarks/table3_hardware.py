@@ -100,6 +100,16 @@ def moving_block_episode(seed: int, frames: int = 30, size: int = 128) -> dict:
     return {"images": images, "instruction": "put the red cube on the blue plate"}
 
 
+def profile_row(model, key: str, args: argparse.Namespace, decode: str | None = None) -> dict[str, Any]:
+    """`profile(...)` of one row as a dict: the "vla_cache" row wraps the model in `VLACachePolicy` (stateful:
+    consecutive frames of `moving_block_episode`, its own dynamic decode), every other row is the model on
+    random frames with `decode` (None: the default path)."""
+    options = {"batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters, "seed": args.seed}
+    if key == "vla_cache":
+        return profile(VLACachePolicy(model), episode=moving_block_episode(args.seed), **options).to_dict()
+    return profile(model, **({} if decode is None else {"decode": decode}), **options).to_dict()
+
+
 def release_memory() -> None:
     """Return freed memory (call after the caller dropped its last reference to a row's model)."""
     gc.collect()
@@ -112,19 +122,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for key in args.rows:
         print(f"[table3_hardware {time.strftime('%H:%M:%S')}] {key}: building", flush=True)
-        model = policy = None
+        model = None
         try:
             model, seconds = build_row(key, args)
-            policy = VLACachePolicy(model) if key == "vla_cache" else None
-            prof = profile(model if policy is None else policy, batch_size=args.batch_size, warmup=args.warmup,
-                           iters=args.iters, image_size=128, seed=args.seed,
-                           episode=None if policy is None else moving_block_episode(args.seed)).to_dict()
+            prof = profile_row(model, key, args)
         except (RuntimeError, ValueError, ImportError) as error:  # report the row as not measured, go on
             print(f"  {key} failed: {error!r}", flush=True)
             rows.append({"key": key, "method": ROWS[key][0], "error": repr(error)})
             continue
         finally:  # the next row is built with this one gone
-            del model, policy
+            del model
             release_memory()
         rows.append({"key": key, "method": ROWS[key][0], "memory_gb": prof["model_bytes"] / 1e9,
                      "peak_memory_gb": prof["peak_memory_bytes"] / 1e9, "peak_memory_kind": prof["peak_memory_kind"],

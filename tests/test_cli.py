@@ -16,7 +16,7 @@ from vla_compress.cli import app
 from vla_compress.data import DemoDataset
 
 runner = CliRunner()
-COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos", "rlrc"]
+COMMANDS = ["info", "prune", "quantize", "recover", "evaluate", "profile", "demos", "dagger", "rlrc"]
 
 
 def write_demos(path: Path, episodes: int = 2, steps: int = 3, image_size: int = 32) -> Path:
@@ -274,6 +274,19 @@ def test_demos_and_evaluate_in_the_simulator(tmp_path):
     assert json.loads(out.read_text())["success_rate"] == {task: 0.0}
 
 
+@pytest.mark.sim
+def test_dagger_labels_the_models_rollouts_with_the_expert(tmp_path):
+    from vla_compress.data import DemoDataset
+
+    task, out = "red_cube_on_blue_plate", tmp_path / "dagger"
+    result = runner.invoke(app, ["dagger", "tiny", str(out), "--tasks", task, "--episodes-per-task", "1",
+                                 "--max-episode-steps", "3", "--image-size", "64", "--num-workers", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"][task]["episodes"] == 1 and summary["learner_success_rate"] == 0.0
+    assert len(DemoDataset(out)) == 3  # the failed rollout is kept: one expert-labelled sample per step
+
+
 
 @pytest.fixture
 def bad_files(tmp_path, pruned_dir) -> Path:
@@ -317,6 +330,10 @@ BAD_INPUT = {
     "profile -o under a file": (["profile", "tiny", "-o", "{tmp}/a_file/p.json"], "p.json' cannot be written"),
     "evaluate -o a directory": (["evaluate", "tiny", "-o", "{tmp}"], "is a directory; allowed: a file path"),
     "demos into a file": (["demos", "{tmp}/a_file"], "exists and is not a directory"),
+    "dagger into a file": (["dagger", "tiny", "{tmp}/a_file"], "exists and is not a directory"),
+    "dagger expert mix above 1": (["dagger", "tiny", "{tmp}/d", "--expert-mix", "1.5"],
+                                  "expert_mix must be in [0, 1], got 1.5"),
+    "dagger unknown task": (["dagger", "tiny", "{tmp}/d", "--tasks", "red_cube_on_sky"], "red_cube_on_sky"),
 }
 
 
@@ -331,7 +348,7 @@ def test_bad_files_devices_and_outputs_exit_2_before_any_work(case, bad_files, m
     args, message = BAD_INPUT[case]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # the same answer with or without a GPU
     monkeypatch.setattr(vla_compress.data, "generate_demos", lambda *a, **k: pytest.fail("demos ran"))
-    if "-o" in args and "info" not in args:  # the output checks come first: no model is loaded
+    if args[0] == "dagger" or ("-o" in args and "info" not in args):  # checks come first: no model is loaded
         monkeypatch.setattr(vla_compress.cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     result = runner.invoke(app, [arg.replace("{tmp}", str(bad_files)) for arg in args])
     assert result.exit_code == 2, result.output

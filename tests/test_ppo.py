@@ -248,6 +248,9 @@ def test_resume_equals_uninterrupted_run(tmp_path):
                 "losses/clipfrac", "losses/explained_variance", "charts/episodic_return",
                 "charts/success_rate", "charts/SPS"):
         assert key in rows[-1]
+    last = rows[-1]  # where an update's time went: decoding and env steps within the rollout, then the update
+    assert 0 < last["time/policy_s"] and 0 < last["time/env_s"]
+    assert last["time/policy_s"] + last["time/env_s"] <= last["time/rollout_s"] and last["time/update_s"] > 0
     with pytest.raises(ValueError, match="resume=True"):  # an existing run is never overwritten silently
         tiny_config(tmp_path, "resumed", updates=2).validate()
 

@@ -140,3 +140,4 @@ def test_ppo_tasks_trains_on_one_split_and_compares_both_with_a_curve(tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     curve = [m for m in metrics if "eval/ood_success_rate" in m]  # the one update's greedy point, both splits
     assert len(curve) == 1 and "eval/ind_success_rate" in curve[0]
+    assert (tmp_path / "ppo_curve.png").stat().st_size > 0 and (tmp_path / "ppo_rollouts.png").stat().st_size > 0

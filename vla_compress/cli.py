@@ -529,6 +529,9 @@ def demos(
         int | None, typer.Option(help="Episode length (default: the suite's, 60).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the episode layouts.")] = 0,
+    noise_std: Annotated[
+        float, typer.Option(help="DART noise on the executed xyz action (the clean action is recorded).")
+    ] = 0.05,
 ) -> None:
     """Record scripted-expert demonstrations in the ManiSkill3 suite; needs the simulator.
 
@@ -548,9 +551,61 @@ def demos(
             seed=seed,
             num_workers=num_workers,
             max_episode_steps=max_episode_steps,
+            noise_std=noise_std,
         )
     typer.echo(f"expert success rate {summary['expert_success_rate']:.2f}, {summary['megabytes']:.1f} MB")
     typer.echo(f"wrote demonstrations to {out_dir}")
+
+
+@app.command()
+def dagger(
+    model: ModelArg,
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the HDF5 episodes (a demo directory's layout).")],
+    tasks: Annotated[str, typer.Option(help=TASKS_HELP)] = "ind",
+    episodes_per_task: Annotated[int, typer.Option(help="Rollouts of the model per task.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the episode layouts; keep it apart from demos and "
+                                           "evaluation.")] = 100,
+    num_workers: Annotated[int, typer.Option(help="Parallel simulator workers.")] = 2,
+    expert_mix: Annotated[float, typer.Option(help="Probability per step of executing the expert's action "
+                                                   "(DAgger's beta), in [0, 1].")] = 0.0,
+    image_size: Annotated[int, typer.Option(help="Camera image size.")] = 128,
+    max_episode_steps: Annotated[
+        int | None, typer.Option(help="Episode length (default: the suite's, 60).")
+    ] = None,
+    camera: Annotated[str, typer.Option(help="ManiSkill view the policy was trained on.")] = DEFAULT_CAMERA,
+    decode: Annotated[str, typer.Option(help="predict_action's decode path: dynamic, static, compiled or frozen.")
+                      ] = "dynamic",
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Roll out a model and label every state it visits with the scripted expert (DAgger data for SFT).
+
+    Failed episodes are kept; pass the directory to `recover --sft-data` beside the demos.
+
+    \b
+    Example:
+        vla-compress dagger tiny-maniskill dagger_1 --episodes-per-task 8 --seed 301
+        vla-compress recover p90 --sft-data demos --sft-data dagger_1 --sft-steps 6000 -o p90-sft
+    """
+    from vla_compress.data import collect_dagger
+    from vla_compress.data.dagger import check_dagger_args
+
+    with user_errors():
+        check_device(device)
+        check_output_dir(out_dir)
+        from vla_compress.envs.tasks import check_camera, resolve_tasks
+        from vla_compress.modeling.modeling_openvla import check_decode
+
+        task_list = resolve_tasks(parse_tasks(tasks))
+        check_dagger_args(episodes_per_task, num_workers, expert_mix)
+        check_camera(camera)
+        check_decode(decode)
+        loaded = load_model(model, device, dtype)
+        summary = collect_dagger(loaded, out_dir, tasks=task_list, episodes_per_task=episodes_per_task, seed=seed,
+                                 num_workers=num_workers, expert_mix=expert_mix, image_size=image_size,
+                                 max_episode_steps=max_episode_steps, camera=camera, decode=decode)
+    typer.echo(f"learner success on its rollouts: {summary['learner_success_rate']:.3f}")
+    typer.echo(f"wrote DAgger data to {out_dir}")
 
 
 @app.command()

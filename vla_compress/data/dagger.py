@@ -17,6 +17,16 @@ from vla_compress.data.demos import atomic_write_json, record_task_file, to_nump
 from vla_compress.envs.tasks import ALL_TASKS, DEFAULT_CAMERA, instruction, resolve_tasks
 
 
+def check_dagger_args(episodes_per_task: int, num_workers: int, expert_mix: float) -> None:
+    """ValueError naming the first of :func:`collect_dagger`'s counts or mix that is out of range."""
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if not 0.0 <= expert_mix <= 1.0:
+        raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
+
+
 def collect_dagger(
     policy,
     out_dir: str | Path,
@@ -48,12 +58,7 @@ def collect_dagger(
     from vla_compress.modeling.modeling_openvla import action_predictor, episode_reset
 
     tasks = resolve_tasks(tasks)
-    if episodes_per_task < 1:
-        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if not 0.0 <= expert_mix <= 1.0:
-        raise ValueError(f"expert_mix must be in [0, 1], got {expert_mix}")
+    check_dagger_args(episodes_per_task, num_workers, expert_mix)
     predict = action_predictor(policy, decode)
     reset_policy = episode_reset(policy)
     out = Path(out_dir)

@@ -110,7 +110,9 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
     instructions = instructions_from_info(info, num_envs)
     episodic_return = np.zeros(num_envs)
     success_once = np.zeros(num_envs, dtype=bool)
+    policy_seconds = env_seconds = 0.0  # where a rollout's time goes: the VLA's decoding vs the simulator
     for t in range(t0, t0 + config.episode_steps):
+        tic = time.perf_counter()
         images = observation_images(obs)
         buffer.images[t], buffer.instructions[t] = images, instructions
         buffer.dones[t] = 1.0 if t == t0 else 0.0  # observation t0 starts a new episode
@@ -119,7 +121,9 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
             out["action_indices"], out["log_probs"], out["values"])
 
         actions = env_actions(model, out["action_indices"], config.unnorm_key)
+        toc = time.perf_counter()
         obs, reward, terminated, _truncated, info = runner.call("step", actions)
+        policy_seconds, env_seconds = policy_seconds + toc - tic, env_seconds + time.perf_counter() - toc
         next_obs, step_info = step_result(obs, info)
         reward = torch.as_tensor(reward).float().cpu().reshape(num_envs)  # numpy or (GPU sim) torch
         episodic_return += reward.numpy()
@@ -134,7 +138,8 @@ def run_episode(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, t0:
         if "instruction" in info:
             instructions = instructions_from_info(info, num_envs)
     return {"episodic_return": episodic_return, "success_once": success_once,
-            "success_at_end": info_flag(step_info, "success", num_envs)}
+            "success_at_end": info_flag(step_info, "success", num_envs),
+            "policy_seconds": np.array([policy_seconds]), "env_seconds": np.array([env_seconds])}
 
 
 def collect_rollout(runner: EnvRunner, model, value_head, buffer: RolloutBuffer, config: PPOConfig,
@@ -326,8 +331,10 @@ def train_ppo(model, config: PPOConfig) -> Any:
 
             # 3. PPO update (critic only when the rollout carries no policy signal)
             signal, group_metrics = policy_signal(accelerator, config, stats, advantages, spread, update)
+            update_start = time.time()
             metrics = ppo_update(agent, optimizer, accelerator, model, buffer, advantages, returns, config,
                                  shuffle_generator, policy_signal=signal)
+            metrics["time/update_s"] = time.time() - update_start
 
             # 4. logs and checkpoints
             global_step = (update + 1) * batch_size * world
@@ -337,6 +344,9 @@ def train_ppo(model, config: PPOConfig) -> Any:
             metrics["charts/critic_learning_rate"] = optimizer.param_groups[1]["lr"]
             metrics["charts/SPS"] = batch_size * world / max(time.time() - start_time, 1e-9)
             metrics["charts/rollout_SPS"] = batch_size * world / max(rollout_time, 1e-9)
+            metrics["time/rollout_s"] = rollout_time  # of it: decoding (policy) and env steps (sim + render)
+            metrics["time/policy_s"] = float(stats["policy_seconds"].sum())
+            metrics["time/env_s"] = float(stats["env_seconds"].sum())
             metrics["charts/env_restarts"] = runner.restarts
             metrics["charts/update"] = update + 1
             if config.eval_every and (update + 1) % config.eval_every == 0 and accelerator.is_main_process:
