@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.5, help="rollout sampling temperature")
     parser.add_argument("--episodes", type=int, default=6, help="greedy evaluation episodes per task")
     parser.add_argument("--eval-seed", type=int, default=100)
+    parser.add_argument("--eval-envs", type=int, default=2, help="simulator workers of the greedy evaluations "
+                        "(the episodes and their seeds do not depend on it)")
     parser.add_argument("--critic-off-backbone", action="store_true", help="PPOConfig(critic_trains_backbone=False)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel envs (PPOConfig.num_envs)")
     parser.add_argument("--rollout-episodes", type=int, default=1, help="episodes per env in one update's rollout")
@@ -84,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffle-advantages", action="store_true",
                         help="control: permute each rollout's advantages (same data and step sizes, no signal)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ppo_tasks"))
-    args = parse_checked(parser, argv, ("env_steps", "episodes", "curve_episodes", "num_envs", "rollout_episodes",
-                                        "minibatch_size", "update_epochs", "group_size"))
+    args = parse_checked(parser, argv, ("env_steps", "episodes", "curve_episodes", "num_envs", "eval_envs",
+                                        "rollout_episodes", "minibatch_size", "update_epochs", "group_size"))
     if args.target_kl is not None and args.target_kl <= 0:
         parser.error(f"--target-kl must be > 0, got {args.target_kl}")
     for name in ("temperature", "lr"):
@@ -139,7 +141,7 @@ def with_first_grasp_bonus(factory, bonus: float):
 def greedy_success(model, args: argparse.Namespace) -> dict:
     """Greedy success on --eval-tasks: per split with Wilson intervals (`success_summary`), and per task."""
     start = time.time()
-    result = evaluate(model, tasks=args.eval_tasks, episodes_per_task=args.episodes, num_envs=2,
+    result = evaluate(model, tasks=args.eval_tasks, episodes_per_task=args.episodes, num_envs=args.eval_envs,
                       seed=args.eval_seed, max_episode_steps=EPISODE_STEPS, progress=False)
     return {"success_rate": result.ind_success_rate, "ood_success_rate": result.ood_success_rate,
             "splits": success_summary(result.episodes), "mean_return": result.mean_return,
@@ -160,7 +162,7 @@ def compare(before: dict, after: dict) -> dict:
 def curve_eval(args: argparse.Namespace):
     """PPOConfig.eval_fn of the success curve: greedy, --curve-episodes per eval task, at --eval-seed + 1 (so the
     final evaluation's episodes are never looked at during training)."""
-    return partial(evaluate, tasks=args.eval_tasks, episodes_per_task=args.curve_episodes, num_envs=2,
+    return partial(evaluate, tasks=args.eval_tasks, episodes_per_task=args.curve_episodes, num_envs=args.eval_envs,
                    seed=args.eval_seed + 1, max_episode_steps=EPISODE_STEPS, progress=False)
 
 
