@@ -100,14 +100,14 @@ def moving_block_episode(seed: int, frames: int = 30, size: int = 128) -> dict:
     return {"images": images, "instruction": "put the red cube on the blue plate"}
 
 
-def profile_row(model, key: str, args: argparse.Namespace, decode: str | None = None) -> dict[str, Any]:
+def profile_row(model, key: str, args: argparse.Namespace, decode: str = "dynamic") -> dict[str, Any]:
     """`profile(...)` of one row as a dict: the "vla_cache" row wraps the model in `VLACachePolicy` (stateful:
     consecutive frames of `moving_block_episode`, its own dynamic decode), every other row is the model on
-    random frames with `decode` (None: the default path)."""
+    random frames with `decode`."""
     options = {"batch_size": args.batch_size, "warmup": args.warmup, "iters": args.iters, "seed": args.seed}
     if key == "vla_cache":
         return profile(VLACachePolicy(model), episode=moving_block_episode(args.seed), **options).to_dict()
-    return profile(model, **({} if decode is None else {"decode": decode}), **options).to_dict()
+    return profile(model, decode=decode, **options).to_dict()
 
 
 def release_memory() -> None:

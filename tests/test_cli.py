@@ -276,8 +276,6 @@ def test_demos_and_evaluate_in_the_simulator(tmp_path):
 
 @pytest.mark.sim
 def test_dagger_labels_the_models_rollouts_with_the_expert(tmp_path):
-    from vla_compress.data import DemoDataset
-
     task, out = "red_cube_on_blue_plate", tmp_path / "dagger"
     result = runner.invoke(app, ["dagger", "tiny", str(out), "--tasks", task, "--episodes-per-task", "1",
                                  "--max-episode-steps", "3", "--image-size", "64", "--num-workers", "1"])
